@@ -1,0 +1,241 @@
+"""The fully resolved configuration of one trial: typed, frozen, validated, hashable.
+
+A trial config is what Ray Tune hands a worker (as a plain nested ``dict``) and what the results
+table records. ``TrialConfig.from_dict(d).to_dict()`` round-trips, and ``config_hash`` names the run
+directory of a configuration (open_lth style), so the recorded config is the config that trained.
+
+>>> cfg = TrialConfig.from_dict({"regime": "bn", "model": {"depth": 8}, "epochs": 2})
+>>> cfg.model.depth, cfg.regime, cfg.lr_schedule["type"]
+(8, 'bn', 'multistep')
+>>> len(config_hash(cfg))
+12
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+Regime = Literal[
+    "all", "bn", "bn_output", "bn_shortcut_output", "shortcut_output", "output", "none", "random_k"
+]
+REGIMES: tuple[str, ...] = get_args(Regime)
+GammaInit = Literal["uniform", "ones"]
+Source = Literal["cifar10", "npz", "dir", "synthetic"]
+Augment = Literal["paper", "notebook", "none"]
+OptimizerName = Literal["sgd", "adam", "adamw"]
+Backend = Literal["tensorflow", "jax"]
+ScheduleType = Literal[
+    "constant", "step", "multistep", "cosine", "one_cycle", "exponential",
+    "cosine_restarts", "linear_cosine", "rampup_exp",
+]
+SCHEDULE_TYPES: tuple[str, ...] = get_args(ScheduleType)
+
+
+class ConfigError(ValueError):
+    """A trial config value is not allowed. ``key`` is the dotted key, e.g. ``model.depth``."""
+
+    def __init__(self, key: str, received: Any, allowed: str) -> None:
+        self.key, self.received, self.allowed = key, received, allowed
+        super().__init__(f"{key}: expected {allowed}, received {received!r}")
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(key, value, "one of " + ", ".join(choices))
+
+
+def _check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        what = "an integer" if integer else "a number"
+        raise ConfigError(key, value, f"{what} {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """CIFAR ResNet of depth 6·D+2 and width multiplier W (He et al. 2016; the paper's family)."""
+
+    depth: int = 20  # 6·D + 2: 8, 14, 20, 32, 56, 110, 218, 434, 866
+    width: int = 1  # filters are 16·W, 32·W, 64·W (W=1: ResNet, W>1: WRN-depth-W)
+    gamma_init: GammaInit = "uniform"  # paper: γ ~ U[0, 1); "ones" is the Keras default
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6:
+            raise ConfigError("model.depth", self.depth, "6·D+2 with D >= 1 (8, 14, 20, 32, 56, 110, ...)")
+        _check_positive("model.width", self.width, integer=True)
+        _check_choice("model.gamma_init", self.gamma_init, get_args(GammaInit))
+        _check_positive("model.num_classes", self.num_classes, integer=True)
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // 6
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are split, normalized and augmented."""
+
+    source: Source = "cifar10"
+    path: str | None = None  # npz file (x_train/y_train[/x_test/y_test]) or official python dir
+    test_path: str | None = None  # optional separate npz with x_test/y_test
+    train_size: int | None = None  # first N training images (None: all)
+    val_size: int = 5000  # carved from the training images, seeded; the search sees only this
+    test_size: int | None = None  # cap on test images; carved from training data if no test set
+    split_seed: int = 0  # the split does not change with the trial seed
+    augment: Augment = "paper"  # paper: pad 4 + random crop + flip; notebook: pad-crop + brightness
+    normalize: bool = True  # per-channel mean/std of the training split
+    synthetic_size: int = 512  # images per split for source=synthetic (tests only)
+
+    def __post_init__(self) -> None:
+        _check_choice("data.source", self.source, get_args(Source))
+        _check_choice("data.augment", self.augment, get_args(Augment))
+        if self.source in ("npz", "dir") and not self.path:
+            raise ConfigError("data.path", self.path, f"a path (required for source {self.source!r})")
+        for key in ("train_size", "test_size"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_positive(f"data.{key}", value, integer=True)
+        _check_positive("data.val_size", self.val_size, integer=True, allow_zero=True)
+        _check_positive("data.synthetic_size", self.synthetic_size, integer=True)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """SGD (paper: momentum 0.9, wd 1e-4 coupled L2 as in PyTorch), Adam (coupled L2) or AdamW."""
+
+    name: OptimizerName = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4  # sgd/adam: L2 added to the gradient; adamw: decoupled
+    decay_bn: bool = True  # open_lth decays every trainable tensor, γ/β included
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+    def __post_init__(self) -> None:
+        _check_choice("optimizer.name", self.name, get_args(OptimizerName))
+        _check_positive("optimizer.weight_decay", self.weight_decay, allow_zero=True)
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ConfigError("optimizer.momentum", self.momentum, "a number in [0, 1)")
+
+
+def _default_schedule() -> dict[str, Any]:
+    return {"type": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one training run needs. Defaults are the paper's recipe (open_lth CIFAR ResNet)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    regime: Regime = "all"
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr: float = 0.1  # peak learning rate (per batch of `batch_size`)
+    lr_schedule: dict[str, Any] = field(default_factory=_default_schedule)  # see schedules.py
+    batch_size: int = 128
+    epochs: int = 160
+    seed: int = 0  # model init, random_k mask, shuffling, augmentation
+    backend: Backend = "tensorflow"
+    jit_compile: bool | Literal["auto"] = "auto"
+    threads: int | None = None  # TF intra-op threads; None: the trial's CPUs
+    steps_per_epoch: int | None = None  # cap (tests, probes); None: a full pass over the data
+
+    def __post_init__(self) -> None:
+        _check_choice("regime", self.regime, REGIMES)
+        _check_positive("lr", self.lr)
+        _check_positive("batch_size", self.batch_size, integer=True)
+        _check_positive("epochs", self.epochs, integer=True)
+        _check_choice("backend", self.backend, get_args(Backend))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError("seed", self.seed, "an integer")
+        if not isinstance(self.lr_schedule, dict) or "type" not in self.lr_schedule:
+            raise ConfigError("lr_schedule", self.lr_schedule, "a mapping with a 'type' key")
+        _check_choice("lr_schedule.type", self.lr_schedule["type"], SCHEDULE_TYPES)
+        if self.steps_per_epoch is not None:
+            _check_positive("steps_per_epoch", self.steps_per_epoch, integer=True)
+        if self.threads is not None:
+            _check_positive("threads", self.threads, integer=True)
+
+    # ---- plain dicts (what Ray Tune passes around and what the results table stores) ----
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
+        """Build from a nested (or dotted-key) dict; unknown keys raise ``ConfigError``."""
+        nested = unflatten(d)
+        kwargs: dict[str, Any] = {}
+        sub = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig}
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key, value in nested.items():
+            if key not in names:
+                raise ConfigError(key, value, "a trial-config key: " + ", ".join(sorted(names)))
+            if key in sub:
+                if not isinstance(value, dict):
+                    raise ConfigError(key, value, "a mapping")
+                sub_names = {f.name for f in dataclasses.fields(sub[key])}
+                for k in value:
+                    if k not in sub_names:
+                        raise ConfigError(f"{key}.{k}", value[k], "one of " + ", ".join(sorted(sub_names)))
+                try:
+                    kwargs[key] = sub[key](**value)
+                except TypeError as e:  # pragma: no cover - guarded above
+                    raise ConfigError(key, value, str(e)) from None
+            elif key == "lr_schedule":
+                kwargs[key] = dict(value) if isinstance(value, dict) else value
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        """A copy with dotted-key changes: ``cfg.replace(**{"model.depth": 8})``."""
+        d = flatten(self.to_dict())
+        for k, v in changes.items():
+            d = {key: val for key, val in d.items() if key != k and not key.startswith(k + ".")}
+            d[k] = v
+        return TrialConfig.from_dict(d)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"depth": 20}}`` -> ``{"model.depth": 20}``; ``lr_schedule`` stays one dict."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key != "lr_schedule":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def unflatten(d: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of ``flatten``; also merges already-nested parts."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        parts = k.split(".")
+        if parts[0] == "lr_schedule" and len(parts) > 1:
+            out.setdefault("lr_schedule", {})[".".join(parts[1:])] = v
+            continue
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        if isinstance(v, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(v)
+        else:
+            node[parts[-1]] = v
+    return out
+
+
+def config_hash(cfg: TrialConfig, *, ignore: tuple[str, ...] = ()) -> str:
+    """12 hex digits naming a configuration; ``ignore=("seed",)`` groups replicates together."""
+    d = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in ignore}
+    blob = json.dumps(d, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

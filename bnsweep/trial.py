@@ -1,0 +1,277 @@
+"""One trial: build → freeze → compile → fit epoch by epoch (report, checkpoint) → test once.
+
+``run(config)`` is the whole thing; ``TrialRun`` exposes the same steps one epoch at a time so the
+orchestrator can train the replicates (seeds) of one configuration in lockstep and report their mean.
+
+>>> from bnsweep.trial import run
+>>> r = run({"model": {"depth": 8}, "regime": "bn", "epochs": 1, "batch_size": 32,
+...          "steps_per_epoch": 2, "data": {"source": "synthetic", "synthetic_size": 64,
+...          "val_size": 32, "test_size": 32}})                       # doctest: +SKIP
+>>> r.status, r.accounting["trainable"]                             # doctest: +SKIP
+('completed', 672)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from bnsweep.config import TrialConfig, config_hash
+from bnsweep.data import Splits, load_data
+
+Status = Literal["completed", "pruned", "diverged", "failed"]
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 1-based: the number of epochs trained so far
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float  # the optimizer's learning rate at the start of this epoch
+    images_per_sec: float  # training images per second of this epoch (fit only, no validation)
+    seconds: float  # wall time of the epoch, validation included
+
+
+@dataclass
+class TrialResult:
+    config: dict[str, Any]
+    config_hash: str
+    status: Status
+    reason: str = ""
+    epochs_run: int = 0
+    final_val_accuracy: float | None = None
+    best_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    final_val_loss: float | None = None
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    accounting: dict[str, int] = field(default_factory=dict)
+    gamma_near_zero: float | None = None  # share of BN γ with |γ| < 0.01 at the end
+    wall_seconds: float = 0.0
+    images_per_sec: float | None = None  # mean over epochs, training only
+    accelerator: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Report = Callable[[EpochMetrics], None]
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+class TrialRun:
+    """A trial that trains one epoch per ``train_epoch()`` call; resumable from ``checkpoint_dir``."""
+
+    def __init__(self, config: TrialConfig | dict[str, Any], *, data: Splits | None = None,
+                 checkpoint_dir: str | Path | None = None) -> None:
+        self.config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+        cfg = self.config
+        from bnsweep import accelerators
+
+        accelerators.select_backend(cfg.backend)
+        import keras
+
+        from bnsweep.data import make_preprocess
+        from bnsweep.models import build_resnet
+        from bnsweep.regimes import account, apply_regime
+        from bnsweep.schedules import make_optimizer
+
+        accelerators.configure_threads(cfg.threads or _cpus())
+        self.started = time.perf_counter()
+        self.data = data if data is not None else load_data(cfg.data)
+        keras.utils.set_random_seed(cfg.seed)
+
+        # ---- the recipe (defaults: the paper / open_lth CIFAR ResNet) ----------------------
+        self.net = build_resnet(cfg.model, seed=cfg.seed)  # Kaiming-normal, γ ~ U[0,1) or 1
+        self.applied = apply_regime(self.net, cfg.model, cfg.regime, seed=cfg.seed)  # per variable
+        preprocess = make_preprocess(mean=self.data.mean, std=self.data.std, augment=cfg.data.augment,
+                                     normalize=cfg.data.normalize, seed=cfg.seed)  # on device
+        images = keras.Input((32, 32, 3), dtype="uint8", name="uint8_images")
+        self.model = keras.Model(images, self.net(preprocess(images)), name="trial")
+        n = len(self.data.y_train)
+        full = math.ceil(n / cfg.batch_size)
+        self.steps_per_epoch = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+        bn_params = [v for layer in self.net.layers if isinstance(layer, keras.layers.BatchNormalization)
+                     for v in (layer.gamma, layer.beta)]
+        optimizer = make_optimizer(cfg, steps_per_epoch=self.steps_per_epoch,  # LR schedule in epochs
+                                   no_decay=[] if cfg.optimizer.decay_bn else bn_params)
+        self.model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=_jit(cfg),
+        )
+        self.accounting = account(cfg.model, cfg.regime).as_dict()
+        if self.applied.trainable_scalars != self.accounting["trainable"]:
+            raise AssertionError(f"regime {cfg.regime}: model trains {self.applied.trainable_scalars} "
+                                 f"scalars, accounting says {self.accounting['trainable']}")
+        self.history: list[EpochMetrics] = []
+        self.epoch = 0
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        if self.checkpoint_dir and (self.checkpoint_dir / "state.json").exists():
+            self._restore()
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self) -> EpochMetrics:
+        """Train one epoch, validate, checkpoint. Raises ``Diverged`` on a NaN/inf loss."""
+        import keras
+
+        cfg, d = self.config, self.data
+        t0 = time.perf_counter()
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        # Our own seeded shuffle (per seed and epoch) so a resumed trial sees the same batches.
+        order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(d.y_train))
+        take = self.steps_per_epoch * cfg.batch_size
+        order = order[:take]
+        h = self.model.fit(
+            d.x_train[order], d.y_train[order], batch_size=cfg.batch_size, epochs=1, shuffle=False,
+            steps_per_epoch=self.steps_per_epoch if cfg.steps_per_epoch else None,
+            callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
+        fit_seconds = time.perf_counter() - t0
+        train_loss = float(h.history["loss"][-1])
+        train_acc = float(h.history["accuracy"][-1])
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss became {train_loss} in epoch {self.epoch + 1} (lr {lr:.3g})")
+        val_loss, val_acc = self._evaluate(d.x_val, d.y_val)
+        self.epoch += 1
+        m = EpochMetrics(self.epoch, train_loss, train_acc, val_loss, val_acc, lr,
+                         images_per_sec=min(take, len(order)) / fit_seconds,
+                         seconds=time.perf_counter() - t0)
+        self.history.append(m)
+        if self.checkpoint_dir:
+            self._save()
+        return m
+
+    def _evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        if len(y) == 0:
+            return float("nan"), float("nan")
+        out = self.model.evaluate(x, y, batch_size=max(self.config.batch_size, 256), verbose=0,
+                                  return_dict=True)
+        return float(out["loss"]), float(out["accuracy"])
+
+    def finish(self, status: Status = "completed", reason: str = "") -> TrialResult:
+        """Evaluate the test split once (completed trials only) and assemble the result."""
+        from bnsweep.accelerators import describe_accelerator
+
+        test_loss = test_acc = None
+        if status == "completed" and self.data.y_test is not None:
+            test_loss, test_acc = self._evaluate(self.data.x_test, self.data.y_test)  # type: ignore[arg-type]
+        best = max(self.history, key=lambda m: m.val_accuracy, default=None)
+        last = self.history[-1] if self.history else None
+        return TrialResult(
+            config=self.config.to_dict(), config_hash=config_hash(self.config), status=status,
+            reason=reason, epochs_run=self.epoch,
+            final_val_accuracy=last.val_accuracy if last else None,
+            best_val_accuracy=best.val_accuracy if best else None,
+            best_epoch=best.epoch if best else None,
+            final_val_loss=last.val_loss if last else None,
+            test_accuracy=test_acc, test_loss=test_loss, accounting=self.accounting,
+            gamma_near_zero=self.gamma_near_zero(),
+            wall_seconds=time.perf_counter() - self.started,
+            images_per_sec=float(np.mean([m.images_per_sec for m in self.history])) if self.history else None,
+            accelerator=describe_accelerator(),
+            data={**self.data.sizes, "source": self.data.description,
+                  "test_is_holdout": self.data.test_is_holdout},
+            history=list(self.history),
+        )
+
+    def gamma_near_zero(self, threshold: float = 0.01) -> float:
+        """Share of BN γ with |γ| < threshold (the paper: BN-only disables about a third)."""
+        import keras
+
+        gammas = [keras.ops.convert_to_numpy(layer.gamma).ravel() for layer in self.net.layers
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+        g = np.concatenate(gammas)
+        return float(np.mean(np.abs(g) < threshold))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _variables(self) -> list[Any]:
+        opt = self.model.optimizer
+        if not opt.built:
+            opt.build(self.model.trainable_variables)
+        return list(self.model.variables) + list(opt.variables)
+
+    def _save(self) -> None:
+        """Weights, optimizer state (momentum, step) and RNG state, written then renamed."""
+        assert self.checkpoint_dir is not None
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        import keras
+
+        arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self._variables())}
+        tmp = self.checkpoint_dir / "variables.tmp.npz"
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, self.checkpoint_dir / "variables.npz")
+        state = {"epoch": self.epoch, "config_hash": config_hash(self.config),
+                 "history": [asdict(m) for m in self.history]}
+        _atomic_write_text(self.checkpoint_dir / "state.json", json.dumps(state))
+
+    def _restore(self) -> None:
+        assert self.checkpoint_dir is not None
+        state = json.loads((self.checkpoint_dir / "state.json").read_text())
+        if state["config_hash"] != config_hash(self.config):
+            raise ValueError(f"{self.checkpoint_dir}: checkpoint of another configuration "
+                             f"({state['config_hash']}, this trial is {config_hash(self.config)})")
+        variables = self._variables()
+        with np.load(self.checkpoint_dir / "variables.npz", allow_pickle=False) as f:
+            if len(f.files) != len(variables):
+                raise ValueError(f"{self.checkpoint_dir}: checkpoint holds {len(f.files)} variables, "
+                                 f"the model has {len(variables)}")
+            for i, v in enumerate(variables):
+                v.assign(f[f"v{i:05d}"])
+        self.epoch = int(state["epoch"])
+        self.history = [EpochMetrics(**m) for m in state["history"]]
+
+
+def run(config: TrialConfig | dict[str, Any], *, report: Report | None = None, data: Splits | None = None,
+        checkpoint_dir: str | Path | None = None,
+        should_stop: Callable[[EpochMetrics], bool] | None = None) -> TrialResult:
+    """Train one trial to the end. ``report`` gets every epoch's metrics; ``should_stop`` returning
+    True prunes the trial (status ``pruned``). A NaN/inf loss ends it as ``diverged``."""
+    trial = TrialRun(config, data=data, checkpoint_dir=checkpoint_dir)
+    while trial.epoch < trial.config.epochs:
+        try:
+            m = trial.train_epoch()
+        except Diverged as e:
+            return trial.finish("diverged", str(e))
+        if report:
+            report(m)
+        if should_stop and should_stop(m) and trial.epoch < trial.config.epochs:
+            return trial.finish("pruned", f"stopped by the scheduler after epoch {trial.epoch}")
+    return trial.finish("completed")
+
+
+def _jit(cfg: TrialConfig) -> bool:
+    if cfg.jit_compile != "auto":
+        return bool(cfg.jit_compile)
+    return cfg.backend == "jax"  # TF on CPU: XLA measured slower for full training (DESIGN.md)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
