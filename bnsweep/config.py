@@ -126,6 +126,13 @@ class OptimizerConfig:
             raise ConfigError("optimizer.momentum", self.momentum, "a number in [0, 1)")
 
 
+def _default_backend() -> str:
+    """``KERAS_BACKEND`` if set (how the trial runs on a JAX-only GPU machine), else TensorFlow."""
+    import os
+
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def _default_schedule() -> dict[str, Any]:
     return {"type": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}
 
@@ -143,7 +150,7 @@ class TrialConfig:
     batch_size: int = 128
     epochs: int = 160
     seed: int = 0  # model init, random_k mask, shuffling, augmentation
-    backend: Backend = "tensorflow"
+    backend: Backend = field(default_factory=lambda: _default_backend())  # Keras 3 backend that trains
     jit_compile: bool | Literal["auto"] = "auto"
     threads: int | None = None  # TF intra-op threads; None: the trial's CPUs
     steps_per_epoch: int | None = None  # cap (tests, probes); None: a full pass over the data
@@ -159,6 +166,9 @@ class TrialConfig:
         if not isinstance(self.lr_schedule, dict) or "type" not in self.lr_schedule:
             raise ConfigError("lr_schedule", self.lr_schedule, "a mapping with a 'type' key")
         _check_choice("lr_schedule.type", self.lr_schedule["type"], SCHEDULE_TYPES)
+        from bnsweep.schedules import resolve_schedule  # the recorded schedule includes its defaults
+
+        object.__setattr__(self, "lr_schedule", resolve_schedule(self.lr_schedule))
         if self.steps_per_epoch is not None:
             _check_positive("steps_per_epoch", self.steps_per_epoch, integer=True)
         if self.threads is not None:

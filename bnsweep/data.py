@@ -1,7 +1,8 @@
 """Data sources, splits and on-device augmentation.
 
-Sources: ``cifar10`` (official archive, downloaded once through Keras' ``get_file``, sha256-checked;
-each batch file md5-checked before it is unpickled), ``npz`` (``x_train``/``y_train`` and optional
+Sources: ``cifar10`` (``path``, else ``$BNSWEEP_DATA``, else the official archive, downloaded and
+extracted once per cache through Keras' ``get_file``, sha256-checked; each batch file md5-checked
+before it is unpickled), ``npz`` (``x_train``/``y_train`` and optional
 ``x_test``/``y_test`` uint8 arrays, ``allow_pickle=False``), ``dir`` (the official python layout,
 checksums verified before unpickling) and ``synthetic`` (tests only). Images stay uint8 NHWC in
 memory; casting, augmentation and normalization run inside the compiled training step
@@ -15,10 +16,13 @@ memory; casting, augmentation and normalization run inside the compiled training
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import pickle
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,10 @@ CIFAR10_FILES_MD5 = {
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-NOTEBOOK_BRIGHTNESS_DELTA = 0.1  # the notebooks' random_brightness on [0, 1] pixels
+# The notebooks' augment(): resize_with_crop_or_pad(40) + random_crop(32) +
+# random_brightness(max_delta=0.5) + clip_by_value(0, 1), on [0, 1] pixels (CIFAR10_Subset,
+# CIFAR10_Full, CIFAR10_Full_TPU*).
+NOTEBOOK_BRIGHTNESS_DELTA = 0.5
 DATA_ENV = "BNSWEEP_DATA"  # a local npz file or CIFAR python directory used instead of downloading
 
 
@@ -72,13 +79,14 @@ class Splits:
 
 
 def _check_arrays(x: Any, y: Any, where: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """``where`` names the file and arrays, e.g. ``data.npz x_train/y_train``."""
     if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
         shape = getattr(x, "shape", type(x).__name__)
         raise DataError(f"{where}: expected images of shape (N, 32, 32, 3), received {shape}")
     if x.dtype != np.uint8:
         raise DataError(f"{where}: expected uint8 images, received dtype {x.dtype}")
     if not isinstance(y, np.ndarray):
-        raise DataError(f"{where}: labels missing")
+        raise DataError(f"{where}: labels missing (the images have no label array)")
     y = y.reshape(-1)
     if len(y) != len(x):
         raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
@@ -94,6 +102,8 @@ def load_npz(path: str | Path, *, require_train: bool = True) -> dict[str, np.nd
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
+    if not zipfile.is_zipfile(p):  # np.load would take anything else for .npy or a pickle
+        raise DataError(f"{p}: not an npz file (not a zip archive; truncated or another format?)")
     try:
         with np.load(p, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -112,8 +122,8 @@ def load_npz(path: str | Path, *, require_train: bool = True) -> dict[str, np.nd
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Belt and braces after the checksum: the CIFAR batches need only NumPy array reconstruction."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                         ("numpy", "ndarray"), ("numpy", "dtype")})
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
@@ -155,10 +165,41 @@ def load_cifar_dir(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def download_cifar10(cache_dir: str | Path | None = None) -> Path:
-    """Download (once) and extract the official archive; returns the batches directory."""
+    """Download and extract the official archive once per cache; returns the batches directory."""
+    cache = Path(cache_dir or os.environ.get("BNSWEEP_CACHE", Path.home() / ".cache" / "bnsweep"))
+    datasets = cache / "datasets"
+    try:
+        datasets.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{datasets}: cannot create the download cache ({e}); set BNSWEEP_CACHE to a writable "
+                        f"directory, or point the spec at a local copy (--data, or {DATA_ENV})") from None
+    # Trials start in parallel: one process downloads and extracts, the others wait, then reuse it
+    # (get_file would re-extract the whole archive on every call, under the feet of running readers).
+    with _locked(datasets / ".cifar-10-python.lock"):
+        for done in sorted(datasets.glob("*/cifar-10-batches-py")):
+            if all((done / n).is_file() and _md5(done / n) == md5 for n, md5 in CIFAR10_FILES_MD5.items()):
+                return done
+        return _download_and_extract(cache)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no inter-process lock
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _download_and_extract(cache: Path) -> Path:
     import keras
 
-    cache = Path(cache_dir or os.environ.get("BNSWEEP_CACHE", Path.home() / ".cache" / "bnsweep"))
     try:
         path = keras.utils.get_file(
             fname="cifar-10-python.tar.gz", origin=CIFAR10_URL, file_hash=CIFAR10_ARCHIVE_SHA256,
@@ -205,7 +246,7 @@ def _raw(cfg: DataConfig) -> tuple[dict[str, np.ndarray], str]:
     if cfg.source == "dir":
         assert cfg.path
         return load_cifar_dir(cfg.path), f"dir:{Path(cfg.path).name}"
-    local = os.environ.get(DATA_ENV)
+    local = cfg.path or os.environ.get(DATA_ENV)  # a local copy instead of downloading
     if local:
         p = Path(local)
         return (load_npz(p) if p.suffix == ".npz" else load_cifar_dir(p)), f"cifar10:{p.name}"
@@ -251,8 +292,7 @@ def load_data(cfg: DataConfig) -> Splits:
         x_test, y_test = pool_x[np.sort(test_idx)], pool_y[np.sort(test_idx)]
     else:
         x_test = y_test = None
-    pixels = x_train.reshape(-1, 3).astype(np.float64) / 255.0
-    mean, std = pixels.mean(0), pixels.std(0) + 1e-8
+    mean, std = _channel_stats(x_train)
     return Splits(
         x_train=x_train, y_train=y_train,
         x_val=pool_x[np.sort(val_idx)], y_val=pool_y[np.sort(val_idx)],
@@ -263,6 +303,21 @@ def load_data(cfg: DataConfig) -> Splits:
     )
 
 
+def _channel_stats(x: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of uint8 images on [0, 1] pixels, from exact integer sums in chunks
+    (no float64 copy of the whole training set: that would be 1.2 GB for CIFAR-10)."""
+    s1 = np.zeros(3, np.int64)
+    s2 = np.zeros(3, np.int64)
+    for i in range(0, len(x), chunk):
+        v = x[i:i + chunk].reshape(-1, 3).astype(np.int64)
+        s1 += v.sum(0)
+        s2 += (v * v).sum(0)
+    n = max(len(x) * x.shape[1] * x.shape[2], 1)
+    mean = s1 / n
+    var = np.maximum(s2 / n - mean * mean, 0.0)
+    return mean / 255.0, np.sqrt(var) / 255.0 + 1e-8
+
+
 # ---------------------------------------------------------------- on-device preprocessing
 
 
@@ -270,7 +325,11 @@ def make_preprocess(*, mean: tuple[float, ...], std: tuple[float, ...], augment:
     """A weightless Keras layer: uint8 → float, augmentation (training only), normalization.
 
     Pad-and-crop is a pair of one-hot matrix products (exact integer shifts, zero fill, any
-    backend, no gather), ≈0.3 M multiply-adds per image against ResNet-20's 40.8 M.
+    backend, no gather), ≈0.3 M multiply-adds per image against ResNet-20's 40.8 M. It runs on the
+    integer pixel values 0..255, which stay exact even where float32 matmuls run in TF32 (10-bit
+    mantissa: the default for TensorFlow and JAX on Ampere and later GPUs); ``x / 255`` would not.
+    ``augment="notebook"`` is the notebooks' pad-crop + random brightness ± NOTEBOOK_BRIGHTNESS_DELTA
+    per image, clipped to [0, 1]; ``"paper"`` is pad-crop + horizontal flip.
     """
     import keras
     from keras import ops
@@ -283,9 +342,9 @@ def make_preprocess(*, mean: tuple[float, ...], std: tuple[float, ...], augment:
             self.std = np.asarray(std, np.float32).reshape(1, 1, 1, 3)
 
         def call(self, x: Any, training: bool | None = False) -> Any:
-            x = ops.cast(x, "float32") / 255.0
+            x = ops.cast(x, "float32")
             if training and augment != "none":
-                x = self._pad_crop(x, pad=4)
+                x = self._pad_crop(x, pad=4) / 255.0
                 if augment == "paper":
                     flip = keras.random.uniform((ops.shape(x)[0], 1, 1, 1), seed=self.seed_generator) < 0.5
                     x = ops.where(flip, ops.flip(x, axis=2), x)
@@ -293,7 +352,9 @@ def make_preprocess(*, mean: tuple[float, ...], std: tuple[float, ...], augment:
                     delta = keras.random.uniform(
                         (ops.shape(x)[0], 1, 1, 1), minval=-NOTEBOOK_BRIGHTNESS_DELTA,
                         maxval=NOTEBOOK_BRIGHTNESS_DELTA, seed=self.seed_generator)
-                    x = x + delta
+                    x = ops.clip(x + delta, 0.0, 1.0)
+            else:
+                x = x / 255.0
             if normalize:
                 x = (x - self.mean) / self.std
             return x

@@ -93,7 +93,7 @@ def build_resnet(cfg: ModelConfig, *, seed: int, name: str | None = None):  # ->
 
     >>> from bnsweep.config import ModelConfig
     >>> build_resnet(ModelConfig(depth=8), seed=0).count_params()  # incl. BN moving statistics
-    78394
+    78714
     """
     import keras
     from keras import layers

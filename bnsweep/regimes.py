@@ -67,23 +67,30 @@ class Accounting:
 def account(cfg: ModelConfig, regime: str) -> Accounting:
     """Pure accounting from the architecture description; no model is built.
 
-    Training cost = forward + the backward input-gradient of every layer above the stem conv
-    (its input gradient is never needed) + the weight gradient of each layer with trainable
-    weights. BN-only therefore skips all conv/dense weight gradients: ≈ 2× forward instead of 3×.
+    Training cost = forward + the backward input-gradient of every layer above the lowest layer
+    with trainable parameters (backpropagation stops there; the stem conv's input gradient is
+    never needed) + the weight gradient of each layer with trainable weights. BN-only therefore
+    skips all conv/dense weight gradients: ≈ 2× forward instead of 3×; ``output`` (a linear probe)
+    backpropagates through the output layer only: ≈ 1× forward.
     """
     specs = layer_specs(cfg)
     bn = sum(s.params for s in specs if s.kind == "bn")
     params = sum(s.params for s in specs)
     if regime == "random_k":
         trainable = bn  # same budget as `bn`, spread over conv/dense scalars
+        # nearly every kernel holds a chosen element: count every conv/dense weight gradient
+        grads = [s.kind != "bn" for s in specs]
     else:
-        trainable = sum(s.params for s in specs if _trains(regime, s))
+        grads = [_trains(regime, s) for s in specs]
+        trainable = sum(s.params for s, g in zip(specs, grads, strict=True) if g)
     forward = sum(2 * s.macs for s in specs)
-    input_grads = sum(2 * s.macs for s in specs if s.name != "stem_conv")
-    if regime == "random_k":  # nearly every kernel holds a chosen element: all weight grads needed
-        weight_grads = sum(2 * s.macs for s in specs)
-    else:
-        weight_grads = sum(2 * s.macs for s in specs if _trains(regime, s))
+    # Backpropagation stops at the first (lowest) layer with trainable parameters: every layer
+    # after it in forward order needs its input gradient, no layer up to it does (layer_specs
+    # lists a block's projection shortcut after its residual branch, so the layers after the
+    # first trainable one are exactly those downstream of it).
+    first = next((i for i, g in enumerate(grads) if g), len(specs))
+    input_grads = sum(2 * s.macs for s in specs[first + 1:])
+    weight_grads = sum(2 * s.macs for s, g in zip(specs, grads, strict=True) if g)
     if trainable == 0:  # nothing learns: a training step is just the forward pass (BN statistics)
         input_grads = weight_grads = 0
     return Accounting(
@@ -131,36 +138,46 @@ def apply_regime(model: Any, cfg: ModelConfig, regime: str, *, seed: int) -> App
 
     For ``random_k`` the k chosen scalars (k = BN γ/β count) are drawn uniformly without
     replacement from every conv/dense kernel and bias, seeded by ``seed``.
+
+    Layers are made trainable *before* any variable is frozen: Keras' ``Layer.trainable`` setter
+    overwrites the flag of every variable of the layer (and a BN layer with ``trainable=False``
+    normalizes with its moving statistics). The returned counts are read back from the model.
     """
+    if regime not in REGIMES:
+        raise ValueError(f"regime: expected one of {', '.join(REGIMES)}, received {regime!r}")
     specs = {s.name: s for s in layer_specs(cfg)}
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = True  # a BN layer must never fall into inference mode in training
     masks: dict[str, np.ndarray] | None = None
     if regime == "random_k":
         masks = _random_k_masks(model, specs, k=account(cfg, "bn").bn, seed=seed)
-    trainable_names: list[str] = []
-    count = 0
     for layer in model.layers:
         spec = specs.get(layer.name)
         for v in layer.weights:
             part = _part(v.path)
             if part in ("moving_mean", "moving_variance"):
-                continue  # never trainable; BN updates them in training mode
+                v.trainable = False  # never trainable; BN updates them in training mode
+                continue
             if spec is None:
                 raise ValueError(f"variable {v.path} belongs to no known layer of the network")
+            if isinstance(v.constraint, KeepFrozenElements):
+                v.constraint = None  # left by an earlier random_k on this model
             if masks is not None:
                 mask = masks.get(v.path)
-                train = mask is not None and bool(mask.any())
-                if train:
+                train = False
+                if mask is not None and mask.any():
                     v.constraint = KeepFrozenElements(mask, np.asarray(v.numpy()))
-                    count += int(mask.sum())
+                    train = True
             else:
                 train = _trains(regime, spec)
-                if train:
-                    count += int(np.prod(v.shape))
             v.trainable = train
-            if train:
-                trainable_names.append(v.path)
-        layer.trainable = True  # a BN layer must never fall into inference mode in training
-    return AppliedRegime(regime, count, tuple(trainable_names), masks)
+    trainable = model.trainable_weights
+    if masks is not None:
+        count = sum(int(masks[v.path].sum()) for v in trainable)
+    else:
+        count = sum(int(np.prod(v.shape)) for v in trainable)
+    return AppliedRegime(regime, count, tuple(v.path for v in trainable), masks)
 
 
 def _random_k_masks(model: Any, specs: dict[str, LayerSpec], *, k: int, seed: int) -> dict[str, np.ndarray]:

@@ -78,7 +78,7 @@ class TrialRun:
     """A trial that trains one epoch per ``train_epoch()`` call; resumable from ``checkpoint_dir``."""
 
     def __init__(self, config: TrialConfig | dict[str, Any], *, data: Splits | None = None,
-                 checkpoint_dir: str | Path | None = None) -> None:
+                 checkpoint_dir: str | Path | None = None, threads: int | None = None) -> None:
         self.config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
         cfg = self.config
         from bnsweep import accelerators
@@ -91,7 +91,7 @@ class TrialRun:
         from bnsweep.regimes import account, apply_regime
         from bnsweep.schedules import make_optimizer
 
-        accelerators.configure_threads(cfg.threads or _cpus())
+        accelerators.configure_threads(cfg.threads or threads or _cpus())
         self.started = time.perf_counter()
         self.data = data if data is not None else load_data(cfg.data)
         keras.utils.set_random_seed(cfg.seed)

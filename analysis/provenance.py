@@ -1,0 +1,86 @@
+"""Where a table or figure came from: the run directories, their spec hashes, this project's git
+commit and the library versions that made it. Every output of ``analysis`` carries it, as a
+``<file>.provenance.json`` sidecar and, for PNG/PDF, inside the file's metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+LIBRARIES = ("bnsweep", "pandas", "numpy", "pyarrow", "matplotlib", "keras", "tensorflow", "jax")
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in LIBRARIES:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _sweep_info(run_dir: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {"path": str(run_dir.resolve())}
+    try:
+        sweep = json.loads((run_dir / "sweep.json").read_text())
+    except (OSError, ValueError):
+        sweep = {}
+    for key in ("name", "spec_hash", "created", "git_commit"):
+        info[key] = sweep.get(key)
+    return info
+
+
+def provenance(run_dirs: Iterable[str | Path] | str | Path) -> dict[str, Any]:
+    """Provenance of an output made from ``run_dirs``: the runs (path, sweep name, spec hash,
+    creation time and the commit they ran at), the analysing project's git commit (None outside
+    git), library versions and the creation time of the output."""
+    from bnsweep.rundir import git_commit
+
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
+    runs = [_sweep_info(d) for d in dirs]
+    return {
+        "run_dirs": [r["path"] for r in runs],
+        "runs": runs,
+        "spec_hashes": sorted({r["spec_hash"] for r in runs if r["spec_hash"]}),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "versions": _versions(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool": "bnsweep analysis",
+    }
+
+
+def sidecar_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".provenance.json")
+
+
+def write_sidecar(path: str | Path, prov: dict[str, Any]) -> Path:
+    """Write ``prov`` next to ``path`` as ``<file>.provenance.json`` (atomically); returns it."""
+    out = sidecar_path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"file": Path(path).name, **prov}, indent=1, default=str))
+    os.replace(tmp, out)
+    return out
+
+
+def figure_metadata(prov: dict[str, Any], *, title: str, fmt: str) -> dict[str, str]:
+    """Matplotlib ``savefig(metadata=...)`` for PNG (free-form text chunks) or PDF (info dict)."""
+    blob = json.dumps(prov, separators=(",", ":"), default=str)
+    software = f"bnsweep analysis (commit {prov.get('git_commit') or 'unknown'})"
+    if fmt == "png":
+        return {"Title": title, "Software": software, "Source": " ".join(prov.get("run_dirs", [])),
+                "Provenance": blob}
+    if fmt == "pdf":
+        return {"Title": title, "Creator": software, "Subject": blob,
+                "Keywords": " ".join(prov.get("spec_hashes", []))}
+    return {}

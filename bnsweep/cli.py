@@ -1,0 +1,241 @@
+"""Command line: ``python -m bnsweep {plan,launch,status,resume,export,plot} ...``.
+
+Bad input (spec, data files, arguments, run directories) ends in one line per problem on stderr
+and exit status 2, never a traceback; Ctrl-C ends a launch cleanly with how to resume (status 130).
+
+>>> main(["plan", "no/such/spec.yaml"])  # doctest: +SKIP
+no/such/spec.yaml: no such file
+2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse prints usage + exits 2; keep it to one line
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see --help)\n")
+
+
+def _data_override(value: str) -> dict[str, Any]:
+    p = Path(value).expanduser()
+    if p.suffix == ".npz":
+        return {"data.source": "npz", "data.path": str(p.resolve())}
+    if p.is_dir():
+        return {"data.source": "dir", "data.path": str(p.resolve())}
+    raise _Bad(f"--data {value}: expected an .npz file or a cifar-10-batches-py directory")
+
+
+class _Bad(Exception):
+    """A command-line problem: printed as one line, exit 2."""
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    data = getattr(args, "data", None) or os.environ.get("BNSWEEP_DATA_OVERRIDE")
+    if data:
+        out.update(_data_override(data))
+    if getattr(args, "epochs", None) is not None:
+        out["epochs"] = args.epochs
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise _Bad(f"--set {item}: expected KEY=VALUE, e.g. --set optimizer.weight_decay=5e-4")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise _Bad(f"--set {item}: the value is not valid YAML ({e.__class__.__name__})") from None
+    return out
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import dataclasses
+
+    from bnsweep.spec import load_spec
+
+    spec = load_spec(args.spec, overrides=_overrides(args))
+    changes = {k: getattr(args, k) for k in ("trials", "replicates", "max_concurrent")
+               if getattr(args, k, None) is not None}
+    for k, v in changes.items():
+        if v < 1:
+            raise _Bad(f"--{k.replace('_', '-')}: expected an integer >= 1, received {v}")
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from bnsweep.search import LaunchOptions
+
+    if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: the Ray dashboard will listen on {args.dashboard_host}: anyone who can reach it can "
+              "submit jobs and run code on this machine (the 2023 'ShadowRay' attacks on exposed Ray). "
+              "Keep it behind a firewall or SSH tunnel; Ray's token authentication stays on.", file=sys.stderr)
+    return LaunchOptions(run_dir=Path(args.run_dir) if getattr(args, "run_dir", None) else None,
+                         address=args.address, dashboard=not args.no_dashboard,
+                         dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port,
+                         quiet=args.quiet, storage=args.storage, num_cpus=args.num_cpus)
+
+
+# ------------------------------------------------------------------ verbs
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bnsweep.plan import format_plan, make_plan
+
+    spec = _load(args)
+    report = make_plan(spec, probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(report.as_dict(), default=str))
+    else:
+        print(format_plan(report))
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from bnsweep.search import launch
+
+    spec = _load(args)
+    outcome = launch(spec, options=_options(args), overrides=_overrides(args))
+    return 0 if outcome.finished else EXIT_INTERRUPTED
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from bnsweep.search import resume
+
+    outcome = resume(Path(args.run_dir), options=_options(args))
+    return 0 if outcome.finished else EXIT_INTERRUPTED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bnsweep.status import format_status, sweep_status
+
+    st = sweep_status(Path(args.run_dir))
+    print(json.dumps(st, default=str) if args.json else format_status(st))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from analysis.tables import export
+
+    group_by = tuple(g.strip() for g in args.group_by.split(",")) if args.group_by else None
+    kwargs: dict[str, Any] = {"fmt": args.format, "out": Path(args.out) if args.out else None,
+                              "metric": args.metric, "caption": args.caption, "label": args.label}
+    if group_by:
+        kwargs["group_by"] = group_by
+    out = export([Path(d) for d in args.run_dirs], **kwargs)
+    if isinstance(out, str) and not args.out:
+        print(out)
+    else:
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from analysis.plots import plot
+
+    out_dir = Path(args.out) if args.out else Path(args.run_dirs[0]) / "plots"
+    paths = plot([Path(d) for d in args.run_dirs], kind=args.kind, out_dir=out_dir,
+                 trials=args.trials.split(",") if args.trials else None)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bnsweep", description="Sweeps for 'Training BatchNorm and Only BatchNorm'.")
+    sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    def spec_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("spec", help="sweep spec YAML, e.g. sweeps/quickstart.yaml")
+        q.add_argument("--data", help="use a local copy of the data: an .npz (x_train/y_train[, x_test/y_test]) "
+                                      "or a cifar-10-batches-py directory")
+        q.add_argument("--epochs", type=int, help="override the epochs of every trial")
+        q.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override any trial-config key, e.g. --set model.depth=14 (repeatable)")
+        q.add_argument("--trials", type=int, help="override the number of sampled configurations")
+        q.add_argument("--replicates", type=int, help="override the seeds per configuration")
+        q.add_argument("--max-concurrent", type=int, dest="max_concurrent")
+
+    def ray_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--address", help="join a running Ray cluster ('auto' or HOST:PORT) instead of a local Ray")
+        q.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
+        q.add_argument("--dashboard-host", default="127.0.0.1",
+                       help="interface for the Ray dashboard (default 127.0.0.1; anything else exposes it)")
+        q.add_argument("--dashboard-port", type=int, default=8265)
+        q.add_argument("--storage", help="Optuna storage URL (default: sqlite file in the run directory)")
+        q.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+        q.add_argument("--quiet", action="store_true", help="JSON lines instead of the live display")
+
+    q = sub.add_parser("plan", help="validate, expand, count parameters, show LR curves, estimate cost")
+    spec_args(q)
+    q.add_argument("--no-probe", action="store_true", help="skip the measured speed probe")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_plan)
+
+    q = sub.add_parser("launch", help="run a sweep")
+    spec_args(q)
+    ray_args(q)
+    q.add_argument("--run-dir", help="default runs/<spec name>")
+    q.set_defaults(func=cmd_launch)
+
+    q = sub.add_parser("resume", help="continue a sweep after a crash or Ctrl-C")
+    q.add_argument("run_dir")
+    ray_args(q)
+    q.set_defaults(func=cmd_resume)
+
+    q = sub.add_parser("status", help="progress table of a running or finished sweep")
+    q.add_argument("run_dir")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_status)
+
+    q = sub.add_parser("export", help="results table for a paper")
+    q.add_argument("run_dirs", nargs="+")
+    q.add_argument("--format", choices=["latex", "markdown", "csv", "parquet"], default="markdown")
+    q.add_argument("--group-by", help="comma-separated columns (default: regime,model.depth,model.width)")
+    q.add_argument("--metric", default="test_accuracy")
+    q.add_argument("--out", help="output file (default: print; parquet needs --out)")
+    q.add_argument("--caption")
+    q.add_argument("--label")
+    q.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("plot", help="figures: params-vs-accuracy, lr-curves, batch-size, gamma, feature-maps")
+    q.add_argument("run_dirs", nargs="+")
+    q.add_argument("--kind", required=True,
+                   choices=["params-vs-accuracy", "lr-curves", "batch-size", "gamma", "feature-maps", "filters"])
+    q.add_argument("--out", help="output directory (default RUN_DIR/plots)")
+    q.add_argument("--trials", help="comma-separated trial ids (feature-maps)")
+    q.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bnsweep.config import ConfigError
+    from bnsweep.data import DataError
+    from bnsweep.rundir import RunDirError
+    from bnsweep.spec import SpecError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as e:
+        for problem in e.problems:
+            print(str(problem), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (_Bad, ConfigError, DataError, RunDirError, FileNotFoundError) as e:
+        print(f"bnsweep {args.verb}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        where = getattr(args, "run_dir", None)
+        print(f"\ninterrupted. Nothing finished is lost; continue with: bnsweep resume {where or 'RUN_DIR'}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,210 @@
+"""``bnsweep plan``: what a spec will run and what it will cost, before anything trains.
+
+Expands the search (configurations × replicates × epochs), shows each distinct network's parameter
+accounting, the planned LR curve of each schedule (the notebooks' CosineDecay-reaches-zero-after-
+1,000-steps bug is visible here before launch), and estimates compute from FLOPs and wall time from a
+short measured probe (a few real training steps of the spec's network on this machine).
+
+>>> from bnsweep.spec import parse_spec_text
+>>> text = "name: t\\nmethod: random\\ntrials: 4\\nreplicates: 2\\nfixed: {epochs: 3, model: {depth: 8}}"
+>>> spec = parse_spec_text(text)
+>>> make_plan(spec, probe=False).trainings
+8
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# Sustained fp32 training throughput assumed for "one GPU" estimates when no GPU probe exists
+# (a ResNet-20-sized convnet reaches a small fraction of an H100/H200's peak at batch 128).
+ASSUMED_GPU_TFLOPS = 20.0
+
+
+@dataclass
+class PlanReport:
+    name: str
+    method: str
+    configurations: int
+    replicates: int
+    trainings: int
+    epochs: int
+    train_images: int
+    val_images: int
+    models: list[dict[str, Any]] = field(default_factory=list)
+    schedules: list[dict[str, Any]] = field(default_factory=list)
+    total_train_flops: float = 0.0
+    probe_images_per_sec: float | None = None
+    probe_note: str = ""
+    cpu_hours: float | None = None
+    gpu_hours: float | None = None
+    early_stopping: str = "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _values(spec: Any, key: str, default: Any) -> list[Any]:
+    from bnsweep.spec import Constant, Values
+
+    p = spec.parameters.get(key)
+    if isinstance(p, Values):
+        return list(p.values)
+    if isinstance(p, Constant):
+        return [p.value]
+    return [spec.fixed.get(key, default)]
+
+
+def _train_images(spec: Any) -> tuple[int, int]:
+    """Training and validation images per epoch, without loading (or downloading) the data."""
+    from bnsweep.config import TrialConfig
+
+    cfg = TrialConfig.from_dict(spec.base_trial_config()).data
+    if cfg.source == "synthetic":
+        return cfg.synthetic_size, cfg.val_size
+    n = 50_000
+    if cfg.source == "npz" and cfg.path:
+        import numpy as np
+
+        try:
+            with np.load(cfg.path, allow_pickle=False) as f:
+                n = int(f["y_train"].shape[0])
+        except Exception:
+            pass
+    if cfg.train_size:
+        n = min(n, cfg.train_size)
+    test = 0 if cfg.test_size is None or cfg.source == "cifar10" else cfg.test_size
+    return max(n - cfg.val_size - (test if cfg.source == "npz" and not cfg.test_path else 0), 0), cfg.val_size
+
+
+def _representative_schedules(spec: Any) -> list[tuple[str, dict[str, Any]]]:
+    from bnsweep.spec import Constant, Distribution, OneOf, Values
+
+    def rep(p: Any) -> Any:
+        if isinstance(p, Constant):
+            return p.value
+        if isinstance(p, Values):
+            return p.values[0]
+        if isinstance(p, Distribution):
+            v = math.sqrt(p.min * p.max) if "log" in p.kind else (p.min + p.max) / 2
+            return round(v) if "int" in p.kind else v
+        return p
+
+    p = spec.parameters.get("lr_schedule")
+    if isinstance(p, OneOf):
+        return [(name, {"type": name, **{k: rep(v) for k, v in opts.items()}}) for name, opts in p.options.items()]
+    base = spec.base_trial_config().get("lr_schedule") or {"type": "multistep"}
+    return [(base["type"], base)]
+
+
+def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanReport:
+    from bnsweep.config import ModelConfig, TrialConfig
+    from bnsweep.regimes import account
+    from bnsweep.schedules import planned_lr
+    from bnsweep.space import count_configurations
+
+    base = TrialConfig.from_dict(spec.base_trial_config())
+    n_cfg = count_configurations(spec)
+    epochs = max(int(e) for e in _values(spec, "epochs", base.epochs))
+    n_train, n_val = _train_images(spec)
+    report = PlanReport(name=spec.name, method=spec.method, configurations=n_cfg, replicates=spec.replicates,
+                        trainings=n_cfg * spec.replicates, epochs=epochs, train_images=n_train, val_images=n_val,
+                        early_stopping=spec.scheduler.type)
+    combos = list(itertools.product(_values(spec, "model.depth", base.model.depth),
+                                    _values(spec, "model.width", base.model.width),
+                                    _values(spec, "regime", base.regime)))
+    flops_per_training = []
+    for depth, width, regime in combos:
+        a = account(ModelConfig(depth=int(depth), width=int(width)), str(regime))
+        report.models.append({"depth": depth, "width": width, "regime": regime, **a.as_dict()})
+        flops_per_training.append(epochs * (a.train_flops * n_train + a.forward_flops * n_val))
+    mean_flops = sum(flops_per_training) / len(flops_per_training)
+    report.total_train_flops = mean_flops * report.trainings
+    lrs = _values(spec, "lr", base.lr)
+    lr = lrs[0]
+    for name, sched in _representative_schedules(spec):
+        curve = planned_lr(sched, lr=float(lr), epochs=epochs)
+        report.schedules.append({"name": name, "schedule": sched, "lr": lr, "curve": curve})
+    if probe:
+        report.probe_images_per_sec, report.probe_note = _probe(base, combos, steps=probe_steps)
+        if report.probe_images_per_sec:
+            # Probe speed is for the first network; scale the others by their FLOPs.
+            seconds = sum(f / flops_per_training[0] for f in flops_per_training) / len(combos) \
+                * epochs * (n_train + n_val / 3) / report.probe_images_per_sec
+            report.cpu_hours = seconds * report.trainings / 3600
+    report.gpu_hours = report.total_train_flops / (ASSUMED_GPU_TFLOPS * 1e12) / 3600
+    return report
+
+
+def _probe(base: Any, combos: list[tuple[Any, Any, Any]], *, steps: int) -> tuple[float | None, str]:
+    """Images/s of a few real training steps of the first network on synthetic data, here."""
+    from bnsweep.trial import TrialRun
+
+    depth, width, regime = combos[0]
+    cfg = base.replace(**{"model.depth": int(depth), "model.width": int(width), "regime": regime,
+                          "data.source": "synthetic", "data.synthetic_size": base.batch_size * steps, "data.train_size": None,
+                          "data.val_size": 0, "data.test_size": None, "data.path": None, "data.test_path": None,
+                          "steps_per_epoch": steps, "epochs": 2})
+    try:
+        run = TrialRun(cfg)
+        run.train_epoch()  # compiles
+        m = run.train_epoch()
+        return m.images_per_sec, f"ResNet-{depth} W={width} {regime}, batch {base.batch_size}, {steps} steps"
+    except Exception as e:  # a probe failure must not hide the rest of the plan
+        return None, f"probe failed: {type(e).__name__}: {e}"
+
+
+def format_plan(r: PlanReport) -> str:
+    from analysis.tables import format_count
+
+    lines = [f"sweep {r.name!r}: {r.method}, {r.configurations} configurations × {r.replicates} seeds = "
+             f"{r.trainings} trainings × ≤{r.epochs} epochs  (early stopping: {r.early_stopping})",
+             f"data: {r.train_images:,} training + {r.val_images:,} validation images per epoch", "",
+             "networks (parameters: total incl. BN statistics / trainable / BN γβ; GFLOP per image):"]
+    for m in r.models:
+        lines.append(f"  ResNet-{m['depth']} W={m['width']} {m['regime']:<18} total {format_count(m['total']):>6}  "
+                     f"trainable {format_count(m['trainable']):>6}  BN {format_count(m['bn']):>6}  "
+                     f"fwd {m['forward_flops'] / 1e9:.3f}  train step {m['train_flops'] / 1e9:.3f}")
+    lines.append("")
+    lines.append("planned learning rate per epoch (start of epoch):")
+    for s in r.schedules:
+        c = s["curve"]
+        marks = sorted({0, len(c) // 4, len(c) // 2, (3 * len(c)) // 4, len(c) - 1})
+        pts = "  ".join(f"e{i}:{c[i]:.3g}" for i in marks)
+        lines.append(f"  {s['name']:<16} {_sparkline(c)}  {pts}")
+    lines.append("")
+    lines.append(f"compute: {r.total_train_flops / 1e15:.3g} PFLOP in all")
+    if r.probe_images_per_sec:
+        lines.append(f"measured here: {r.probe_images_per_sec:,.0f} images/s ({r.probe_note})")
+        lines.append(f"estimated wall time on this machine: {_hours(r.cpu_hours)} (one trial at a time, "
+                     f"all epochs; early stopping shortens it)")
+    elif r.probe_note:
+        lines.append(r.probe_note)
+    lines.append(f"estimated on one GPU: {_hours(r.gpu_hours)} (at an assumed {ASSUMED_GPU_TFLOPS:g} TFLOP/s)")
+    return "\n".join(lines)
+
+
+def _hours(h: float | None) -> str:
+    if h is None:
+        return "?"
+    if h < 1 / 60:
+        return f"{h * 3600:.0f} s"
+    if h < 1:
+        return f"{h * 60:.1f} min"
+    return f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} days"
+
+
+def _sparkline(values: list[float]) -> str:
+    bars = "▁▂▃▄▅▆▇█"
+    if not values:
+        return ""
+    n = 40
+    step = max(len(values) / n, 1)
+    sample = [values[min(int(i * step), len(values) - 1)] for i in range(min(n, len(values)))]
+    hi = max(sample) or 1.0
+    return "".join(bars[min(int(v / hi * (len(bars) - 1) + 0.5), len(bars) - 1)] for v in sample)

@@ -1,0 +1,88 @@
+"""``bnsweep status RUN_DIR``: a progress table for a running or finished sweep (reads the run
+directory only; no Ray needed).
+
+>>> sweep_status  # doctest: +ELLIPSIS
+<function sweep_status at ...>
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bnsweep.rundir import RunLock, read_sweep_json
+
+
+def sweep_status(run_dir: Path) -> dict[str, Any]:
+    from bnsweep.results import load_results
+
+    info = read_sweep_json(run_dir)
+    lock = RunLock(run_dir)
+    holder = lock.holder() if lock.path.exists() else None
+    running = holder is not None and not lock.is_stale(holder)
+    df = load_results(run_dir)
+    metric = info.get("metric", {}).get("name", "val_accuracy")
+    goal = info.get("metric", {}).get("goal", "maximize")
+    col = {"val_accuracy": "val_accuracy_final", "val_loss": "val_loss_final"}.get(metric, "val_accuracy_final")
+    trials: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    if len(df):
+        searched = _varying_columns(df)
+        for trial_id, g in df.groupby("trial_id", sort=True):
+            statuses = sorted(set(g["status"]))
+            status = statuses[0] if len(statuses) == 1 else "/".join(statuses)
+            counts[status] = counts.get(status, 0) + 1
+            row = {"trial_id": trial_id, "status": status, "seeds": len(g),
+                   "epochs": int(g["epochs_run"].max()) if g["epochs_run"].notna().any() else 0,
+                   metric: _mean(g[col]) if col in g else None,
+                   "test_accuracy": _mean(g["test_accuracy"]) if "test_accuracy" in g else None}
+            row.update({k: g[k].iloc[0] for k in searched})
+            trials.append(row)
+    scored = [t for t in trials if t.get(metric) is not None]
+    best = (max if goal == "maximize" else min)(scored, key=lambda t: t[metric]) if scored else None
+    return {"name": info.get("name"), "run_dir": str(run_dir), "running": running, "holder": holder,
+            "created": info.get("created"), "replicates": info.get("replicates"), "metric": metric,
+            "counts": counts, "trials": trials, "best": best}
+
+
+def _mean(s: Any) -> float | None:
+    s = s.dropna()
+    return float(s.mean()) if len(s) else None
+
+
+def _varying_columns(df: Any) -> list[str]:
+    """Hyperparameter columns that differ between configurations (what was searched)."""
+    skip = {"seed", "replicate", "trial_id", "config_hash", "group_hash"}
+    cols = [c for c in df.columns if (c in ("regime", "lr", "batch_size", "epochs") or "." in c)
+            and c not in skip]
+    out = []
+    for c in cols:
+        try:
+            if df[c].astype(str).nunique() > 1:
+                out.append(c)
+        except TypeError:
+            continue
+    return out[:6]
+
+
+def format_status(st: dict[str, Any]) -> str:
+    head = (f"sweep {st['name']!r} in {st['run_dir']} — {'RUNNING' if st['running'] else 'not running'}; "
+            f"{len(st['trials'])} configurations × {st['replicates']} seeds; "
+            + ", ".join(f"{k} {v}" for k, v in sorted(st["counts"].items())))
+    if not st["trials"]:
+        return head + "\n(no trial has reported yet)"
+    cols = list(st["trials"][0].keys())
+    rows = [[_fmt(t.get(c)) for c in cols] for t in st["trials"]]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    lines = [head, "", "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    if st["best"]:
+        b = st["best"]
+        lines += ["", f"best: {b['trial_id']}  {st['metric']} {_fmt(b[st['metric']])}"]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:.4g}"
+    return "-" if v is None else str(v)
