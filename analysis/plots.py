@@ -310,7 +310,8 @@ def _feature_maps(dirs: list[Path], *, trials: Sequence[str] | None = None, n_im
     data_cache: dict[str, Any] = {}
     fig = Figure(figsize=(0.62 * (n_filters + 1) + 1.2, 0.8 * len(chosen) * (1 + n_images) + 1.2))
     per_net = 0.8 * (1 + n_images)  # inches; a header band for the title, a footer for the x label
-    head, *subfigs, foot = fig.subfigures(len(chosen) + 2, 1, height_ratios=[0.6, *[per_net] * len(chosen), 0.4])
+    bands = list(np.ravel(fig.subfigures(len(chosen) + 2, 1, height_ratios=[0.6, *[per_net] * len(chosen), 0.4])))  # type: ignore[arg-type]
+    head, subfigs, foot = bands[0], bands[1:-1], bands[-1]
     for sub, (_, row) in zip(subfigs, chosen.iterrows(), strict=True):
         cfg = json.loads(row["config_json"])
         key = json.dumps(cfg["data"], sort_keys=True)

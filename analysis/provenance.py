@@ -39,19 +39,33 @@ def _sweep_info(run_dir: Path) -> dict[str, Any]:
     return info
 
 
+def project_commit() -> str | None:
+    """This project's git commit (``-dirty`` with uncommitted changes), or None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        from bnsweep.rundir import git_commit  # the same format as sweep.json's git_commit
+    except ImportError:  # pragma: no cover - fallback if the orchestrator's helper moves
+        import subprocess
+
+        try:
+            return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                  timeout=5, check=True).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return git_commit(here)
+
+
 def provenance(run_dirs: Iterable[str | Path] | str | Path) -> dict[str, Any]:
     """Provenance of an output made from ``run_dirs``: the runs (path, sweep name, spec hash,
     creation time and the commit they ran at), the analysing project's git commit (None outside
     git), library versions and the creation time of the output."""
-    from bnsweep.rundir import git_commit
-
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
     runs = [_sweep_info(d) for d in dirs]
     return {
         "run_dirs": [r["path"] for r in runs],
         "runs": runs,
         "spec_hashes": sorted({r["spec_hash"] for r in runs if r["spec_hash"]}),
-        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "git_commit": project_commit(),
         "versions": _versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": "bnsweep analysis",

@@ -40,7 +40,7 @@ class _Bad(Exception):
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
+    from bnsweep.spec import yaml_value
 
     out: dict[str, Any] = {}
     data = getattr(args, "data", None) or os.environ.get("BNSWEEP_DATA_OVERRIDE")
@@ -53,8 +53,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise _Bad(f"--set {item}: expected KEY=VALUE, e.g. --set optimizer.weight_decay=5e-4")
         k, v = item.split("=", 1)
         try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError as e:
+            out[k.strip()] = yaml_value(v)
+        except Exception as e:
             raise _Bad(f"--set {item}: the value is not valid YAML ({e.__class__.__name__})") from None
     return out
 

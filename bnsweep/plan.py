@@ -167,7 +167,8 @@ def format_plan(r: PlanReport) -> str:
              f"data: {r.train_images:,} training + {r.val_images:,} validation images per epoch", "",
              "networks (parameters: total incl. BN statistics / trainable / BN γβ; GFLOP per image):"]
     for m in r.models:
-        lines.append(f"  ResNet-{m['depth']} W={m['width']} {m['regime']:<18} total {format_count(m['total']):>6}  "
+        lines.append(f"  ResNet-{m['depth']} W={m['width']} {m['regime']:<18} "
+                     f"total {format_count(m['total']):>6}  "
                      f"trainable {format_count(m['trainable']):>6}  BN {format_count(m['bn']):>6}  "
                      f"fwd {m['forward_flops'] / 1e9:.3f}  train step {m['train_flops'] / 1e9:.3f}")
     lines.append("")

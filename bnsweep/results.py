@@ -525,11 +525,11 @@ def _replicates(run_dir: Path) -> list[_Replicate]:
     pending: list[tuple[str, int, Path]] = []
     out: list[_Replicate] = []
     for trial_id, seed, sdir in _seed_dirs(run_dir):
-        rec = _read_json(sdir / RESULT_FILE)
-        if rec is not None:
-            finished[(trial_id, seed)] = rec
-            hist = [dict(h) if isinstance(h, Mapping) else {} for h in rec.get("history") or []]
-            out.append(_Replicate(trial_id, seed, sdir, rec, hist))
+        done = _read_json(sdir / RESULT_FILE)
+        if done is not None:
+            finished[(trial_id, seed)] = done
+            hist = [dict(h) if isinstance(h, Mapping) else {} for h in done.get("history") or []]
+            out.append(_Replicate(trial_id, seed, sdir, done, hist))
         else:
             pending.append((trial_id, seed, sdir))
     for trial_id, seed, sdir in pending:
@@ -726,3 +726,38 @@ def write_results_table(run_dir: str | Path) -> pd.DataFrame:
         _atomic_write(run_dir / f"{name}.parquet", lambda f, df=df: df.to_parquet(f, index=False))
         _atomic_write(run_dir / f"{name}.csv", lambda f, df=df: f.write(df.to_csv(index=False).encode()))
     return results
+
+
+def finalize_unfinished(run_dir: str | Path, trial_id: str, *, status: str = "pruned", reason: str = "",
+                        meta: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write ``result.json`` for every replicate of ``trial_id`` that has a checkpoint (or a failure
+    record) but no result — e.g. when the scheduler stopped the trial (``pruned``) or the sweep gave
+    up on it (``failed``) — from its ``checkpoint/state.json`` and start record. No final weights are
+    written (the checkpoint stays). Returns the written paths; finished replicates are left alone."""
+    if status not in ("pruned", "failed", "diverged", "completed"):
+        raise ValueError(f"status: expected pruned, failed, diverged or completed, received {status!r}")
+    run_dir = Path(run_dir)
+    written = []
+    for r in _replicates(run_dir):
+        if r.trial_id != str(trial_id) or r.record.get("status") not in ("running", "failed") \
+                or (r.path / RESULT_FILE).exists():
+            continue
+        rec = dict(r.record)
+        sweep = _sweep_meta(run_dir)
+        m = {"sweep": rec.get("sweep") or sweep.get("name"), "spec_hash": rec.get("spec_hash"),
+             "git_commit": rec.get("git_commit"), "versions": rec.get("versions") or {},
+             "started_at": rec.get("started_at"), **dict(meta or {})}
+        cfg = _normalized(rec.get("config") or {})
+        body = {"config": cfg, "config_hash": rec.get("config_hash") or (_hashes(cfg)[0] if cfg else None),
+                "status": status, "reason": reason or rec.get("reason") or "",
+                "epochs_run": rec.get("epochs_run", 0), "final_val_accuracy": rec.get("final_val_accuracy"),
+                "best_val_accuracy": rec.get("best_val_accuracy"), "best_epoch": rec.get("best_epoch"),
+                "final_val_loss": rec.get("final_val_loss"), "test_accuracy": None, "test_loss": None,
+                "accounting": rec.get("accounting") or (_accounting(cfg) if cfg else {}), "gamma_near_zero": None,
+                "wall_seconds": rec.get("wall_seconds", 0.0), "images_per_sec": rec.get("images_per_sec"),
+                "accelerator": {}, "data": {}, "history": r.history}
+        replicate = rec.get("replicate")
+        written.append(save_trial_record(run_dir, trial_id=r.trial_id, seed=r.seed,
+                                         replicate=-1 if replicate is None else int(replicate),
+                                         result=body, meta=m))
+    return written

@@ -4,9 +4,10 @@
 ``resume`` continues one after Ctrl-C or ``kill -9`` (finished trials are kept, never re-run; the
 Optuna study continues from its SQLite storage).
 
-Every search method goes through Optuna: ``tpe``/``random``/``cmaes`` with a define-by-run space
-(conditional LR-schedule parameters), ``grid`` as a ``GridSampler`` over the enumerated grid points
-(so a grid with ``one_of`` branches works, and the study is browsable in optuna-dashboard).
+Every search method goes through Optuna with a define-by-run space (conditional LR-schedule
+parameters): ``tpe``/``random``/``cmaes`` samplers, and for ``grid`` a sampler that hands out the
+enumerated grid points one by one (a grid with ``one_of`` branches works, and the study shows
+readable parameters in optuna-dashboard).
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def resume(run_dir: Path, *, options: LaunchOptions) -> Outcome:
     run_dir = Path(run_dir).resolve()
     info = read_sweep_json(run_dir)
     spec_file = run_dir / "spec.yaml"
-    if not spec_file.is_file():
-        raise RunDirError(f"{run_dir}: spec.yaml is missing; the run directory is damaged")
     with RunLock(run_dir):
+        if not spec_file.is_file():
+            raise RunDirError(f"{run_dir}: spec.yaml is missing; the run directory is damaged")
         spec = load_spec(spec_file)
         if spec.spec_hash() != info.get("spec_hash"):
             raise RunDirError(f"{spec_file}: changed since the sweep started (spec hash {spec.spec_hash()}, "
@@ -116,6 +117,7 @@ def _write_run_files(run_dir: Path, spec: Any, overrides: dict[str, Any], option
     info = {
         "name": spec.name, "spec_hash": saved.spec_hash(), "created": now_iso(), "spec_source": str(spec.source),
         "git_commit": git_commit(), "versions": library_versions(), "replicates": spec.replicates,
+        "seed_base": spec.seed,
         "metric": {"name": spec.metric.name, "goal": spec.metric.goal}, "overrides": overrides,
         "storage": _redact_url(options.storage) if options.storage else None,
     }
@@ -186,42 +188,35 @@ def _start_ray(run_dir: Path, spec: Any, options: LaunchOptions, data_bytes: int
 
 def _make_search(spec: Any, storage_url: str) -> tuple[Any, int]:
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
-    from bnsweep.space import count_configurations, grid_points, make_sampler
+    from bnsweep.space import count_configurations, make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if spec.method == "grid":
-        points = grid_points(spec.parameters)
-        n = count_configurations(spec)
-        points = points[:n]
-        sampler: Any = optuna.samplers.GridSampler({"grid_point": list(range(len(points)))}, seed=spec.seed)
-    else:
-        points, n = [], count_configurations(spec)
-        sampler = make_sampler(spec)
-
     storage = optuna.storages.RDBStorage(
         storage_url, engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {})
-    searcher = OptunaSearch(space=DefineByRun(spec, points), metric=spec.metric.name, mode=spec.metric.mode,
-                            sampler=sampler, storage=storage, study_name=STUDY_NAME)
-    return searcher, n
+    from bnsweep.searchers import ResumableOptunaSearch
+
+    searcher = ResumableOptunaSearch(
+        space=DefineByRun(spec), metric=spec.metric.name, mode=spec.metric.mode,
+        sampler=make_sampler(spec), storage=storage, study_name=STUDY_NAME)
+    return searcher, count_configurations(spec)
 
 
 class DefineByRun:
-    """The Optuna define-by-run space (a class, not a closure: Ray pickles the searcher's state)."""
+    """The Optuna define-by-run space (a class, not a closure: Ray pickles the searcher's state).
 
-    def __init__(self, spec: Any, points: list[dict[str, Any]]) -> None:
-        self.spec, self.points = spec, points
+    Returns the fully resolved trial config (without the seed: each replicate sets its own) so the
+    worker never re-derives it.
+    """
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         from bnsweep.space import resolve_trial_config, suggest
 
-        if self.points:
-            sampled = self.points[trial.suggest_categorical("grid_point", list(range(len(self.points))))]
-        else:
-            sampled = suggest(trial, self.spec.parameters)
-        resolved = resolve_trial_config(self.spec, sampled, seed=self.spec.seed)
-        resolved.pop("seed", None)  # each replicate sets its own
+        resolved = resolve_trial_config(self.spec, suggest(trial, self.spec.parameters), seed=self.spec.seed)
+        resolved.pop("seed", None)
         return {"resolved": resolved}
 
 

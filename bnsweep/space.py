@@ -30,8 +30,8 @@ sampler=make_sampler(spec))``.
 >>> suggest(study.ask(), spec.parameters)
 {'batch_size': 64, 'lr_schedule': {'type': 'constant'}}
 >>> cfg = resolve_trial_config(spec, grid_points(spec.parameters)[2], seed=3)
->>> cfg["seed"], cfg["batch_size"], cfg["lr_schedule"]
-(3, 64, {'type': 'cosine', 'warmup_epochs': 1})
+>>> cfg["seed"], cfg["batch_size"], cfg["lr_schedule"]["type"], cfg["lr_schedule"]["warmup_epochs"]
+(3, 64, 'cosine', 1)
 """
 
 from __future__ import annotations
@@ -285,8 +285,8 @@ def resolve_trial_config(spec: SweepSpec, sampled: Mapping[str, Any], *, seed: i
     >>> from bnsweep.spec import SweepSpec
     >>> spec = SweepSpec(name="t", fixed={"model.depth": 8, "lr_schedule": {"type": "cosine"}})
     >>> cfg = resolve_trial_config(spec, {"lr": 0.5, "lr_schedule": {"warmup_epochs": 2}}, seed=7)
-    >>> cfg["model"]["depth"], cfg["lr"], cfg["lr_schedule"], cfg["seed"]
-    (8, 0.5, {'type': 'cosine', 'warmup_epochs': 2}, 7)
+    >>> cfg["model"]["depth"], cfg["lr"], cfg["lr_schedule"]["warmup_epochs"], cfg["seed"]
+    (8, 0.5, 2, 7)
     """
     if "seed" in sampled:
         raise ValueError("the trial seed comes from the replicate, not from the sampled values")

@@ -87,6 +87,7 @@ __all__ = [
     "merge_config",
     "one_of_layout",
     "parse_spec_text",
+    "yaml_value",
 ]
 
 Method = Literal["grid", "random", "tpe", "cmaes"]
@@ -104,8 +105,8 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "name", "description", "include", "method", "metric", "trials", "replicates", "seed", "max_concurrent",
     "scheduler", "resources", "retries", "storage", "tracking", "fixed", "parameters",
 )
-TRACKING_KEYS: tuple[str, ...] = ("wandb", "project", "entity", "group", "tags")
-DEFAULT_TRACKING: dict[str, Any] = {"wandb": False, "project": "bnsweep"}
+TRACKING_KEYS: tuple[str, ...] = ("wandb", "project", "entity", "mode", "group", "tags")
+DEFAULT_TRACKING: dict[str, Any] = {"wandb": True, "project": "bnsweep"}  # offline unless a key is set
 
 # Keys people bring from W&B sweeps / Ray Tune, pointed at ours.
 _TOP_HINTS = {
@@ -118,6 +119,7 @@ _DIST_KEYS = ("distribution", "min", "max", "step")
 _MAX_NUMBER = 1e15  # bounds of any number in a distribution (keeps Optuna/NumPy far from overflow)
 _MAX_NODES = 100_000  # YAML nodes after alias expansion ("billion laughs", recursive aliases)
 _MAX_BYTES = 4_000_000
+_MAX_DEPTH = 64  # nesting of YAML collections
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
 _SECTIONS: dict[str, Any] = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig}
 _TOP_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialConfig))
@@ -168,7 +170,9 @@ def _expected(allowed: str, received: Any) -> str:
 def _suggestion(received: Any, choices: Iterable[str]) -> str:
     if not isinstance(received, str):
         return ""
-    close = difflib.get_close_matches(received, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    close = difflib.get_close_matches(received, choices, n=1, cutoff=0.6)
+    close = close or [c for c in choices if len(received) >= 3 and c.startswith(received)][:1]
     return f", did you mean {close[0]!r}?" if close else ""
 
 
@@ -176,9 +180,9 @@ def _choice(received: Any, choices: Sequence[str]) -> str:
     return _expected("one of " + ", ".join(choices), received) + _suggestion(received, choices)
 
 
-def _unknown(key: str, allowed: Sequence[str], *, what: str = "key", hint: str | None = None) -> str:
+def _unknown(key: str, allowed: Sequence[str], *, what: str = "key", where: str = "", hint: str | None = None) -> str:
     close = f", did you mean {hint!r}?" if hint else _suggestion(key, allowed)
-    return f"unknown {what} {key!r}{close} allowed: {', '.join(allowed)}"
+    return f"unknown {what} {key!r}{where}{close} allowed: {', '.join(allowed)}"
 
 
 def _raise_if(errors: list[tuple[str, str]]) -> None:
@@ -289,10 +293,9 @@ class Values:
     values: tuple[Any, ...]
 
     def __post_init__(self) -> None:
-        if isinstance(self.values, list):
-            object.__setattr__(self, "values", tuple(self.values))
-        if not isinstance(self.values, tuple) or not self.values:
+        if not isinstance(self.values, (list, tuple)) or not self.values:
             _raise_if([("values", _expected("a non-empty list", self.values))])
+        object.__setattr__(self, "values", tuple(self.values))
 
 
 @dataclass(frozen=True)
@@ -646,9 +649,17 @@ class _ConfigChecker:
                     others.update(v)
             for alt in _alternatives(prefix + rel, p, path_prefix + rel):
                 err = self.error({**others, **self.full(alt, others)})
-                if err is not None and _signature(err) != _signature(base_error):
+                fails = err is not None and _signature(err) != _signature(base_error)
+                if fails and alt.inner is not None:
+                    # blame the option itself only if it fails without its own parameters too
+                    head_error = self.error({**others, **alt.values})
+                    fails = _signature(head_error) == _signature(err)
+                    if not fails:
+                        self.check(alt.inner[1], alt.inner[0], alt.path + ".", {**others, **alt.values}, top=True)
+                        continue
+                if fails and err is not None:
                     self.errors.append((alt.path, _config_message(err, alt.values)))
-                if alt.inner is not None:
+                elif alt.inner is not None:
                     self.check(alt.inner[1], alt.inner[0], alt.path + ".", {**others, **alt.values}, top=False)
 
     def _drop_fixed(self, key: str) -> None:
@@ -911,6 +922,15 @@ _Loader.add_implicit_resolver(
 _SAFE_TAGS = {t for t in _Loader.yaml_constructors if t is not None}
 
 
+def yaml_value(text: str) -> Any:
+    """Read one YAML value the way specs are read (safe; ``1e-3`` is a float), e.g. for ``--set k=v``.
+
+    >>> yaml_value("5e-4"), yaml_value("[0.5, 0.75]"), yaml_value("cosine")
+    (0.0005, [0.5, 0.75], 'cosine')
+    """
+    return yaml.load(text, Loader=_Loader)  # _Loader is a yaml.SafeLoader subclass
+
+
 def _short_tag(tag: str) -> str:
     return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
 
@@ -919,15 +939,16 @@ def _walk(root: yaml.Node, file: str, problems: list[Problem]) -> dict[str, int]
     """Dotted YAML path -> line (1-based) of every key and list item; flags unsafe tags and duplicate keys.
     None if the document is too large (alias bombs, recursive aliases)."""
     lines: dict[str, int] = {}
-    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    stack: list[tuple[yaml.Node, str, int]] = [(root, "", 0)]
     count = 0
     ok = True
     while stack:
-        node, path = stack.pop()
+        node, path, depth = stack.pop()
         count += 1
-        if count > _MAX_NODES:
-            problems.append(Problem(file, None, "", f"too large: more than {_MAX_NODES} YAML nodes after "
-                                                    "expanding aliases (recursive or nested aliases?)"))
+        if count > _MAX_NODES or depth > _MAX_DEPTH:
+            what = f"more than {_MAX_NODES} YAML nodes" if count > _MAX_NODES else f"nested deeper than {_MAX_DEPTH}"
+            problems.append(Problem(file, None, "", f"too large: {what} after expanding aliases "
+                                                    "(recursive or nested aliases?)"))
             return None
         line = node.start_mark.line + 1
         if node.tag not in _SAFE_TAGS:
@@ -939,7 +960,7 @@ def _walk(root: yaml.Node, file: str, problems: list[Problem]) -> dict[str, int]
             seen: dict[str, int] = {}
             for k, v in node.value:
                 if k.tag == "tag:yaml.org,2002:merge":
-                    stack.append((v, path))
+                    stack.append((v, path, depth + 1))
                     continue
                 if not isinstance(k, yaml.ScalarNode):
                     problems.append(Problem(file, k.start_mark.line + 1, path, "mapping keys must be plain names"))
@@ -952,12 +973,12 @@ def _walk(root: yaml.Node, file: str, problems: list[Problem]) -> dict[str, int]
                     ok = False
                 seen[k.value] = kline
                 lines.setdefault(kp, kline)
-                stack.append((v, kp))
+                stack.append((v, kp, depth + 1))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 ip = f"{path}[{i}]"
                 lines.setdefault(ip, item.start_mark.line + 1)
-                stack.append((item, ip))
+                stack.append((item, ip, depth + 1))
     return lines if ok else None
 
 
@@ -1155,7 +1176,7 @@ class _FileReader:
         allowed = _DIST_KEYS if kind == "distribution" else (kind,)
         for k in v:
             if k not in allowed:
-                self.problem(f"{yp}.{k}", f"{np}.{k}", _unknown(str(k), allowed, what=f"key for a {kind} parameter"))
+                self.problem(f"{yp}.{k}", f"{np}.{k}", _unknown(str(k), allowed, where=f" for a {kind} parameter"))
         if kind == "value":
             return Constant(value=v["value"])
         if kind == "values":

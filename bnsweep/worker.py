@@ -50,13 +50,14 @@ def train_configuration(config: dict[str, Any], *, meta: dict[str, Any], data: A
 def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id: str, run_dir: Path) -> None:
     from ray import tune
 
-    from bnsweep.results import save_trial_record
+    from bnsweep.results import save_trial_record, save_trial_start
     from bnsweep.tracking import TrackingConfig, TrialTracker
     from bnsweep.trial import Diverged, TrialRun
 
     resolved = config["resolved"]
     record_meta = {k: meta[k] for k in ("sweep", "spec_hash", "git_commit", "versions")}
-    tracking = TrackingConfig(**meta.get("tracking", {}))
+    known = set(TrackingConfig.__dataclass_fields__)
+    tracking = TrackingConfig(**{k: v for k, v in meta.get("tracking", {}).items() if k in known})
     runs: dict[int, Any] = {}
     latest: dict[int, dict[str, float]] = {}
     trackers: dict[int, Any] = {}
@@ -71,6 +72,8 @@ def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id:
         run = TrialRun(cfg, data=data, checkpoint_dir=d / "checkpoint", threads=meta.get("threads"))
         run.replicate, run.started_at = i, now_iso()  # type: ignore[attr-defined]
         runs[seed] = run
+        save_trial_start(run_dir, trial_id=trial_id, seed=seed, replicate=i, config=run.config,
+                         meta={**record_meta, "started_at": run.started_at})
         trackers[seed] = TrialTracker.start(
             tracking=tracking, run_dir=run_dir, sweep=meta["sweep"], trial_id=trial_id, seed=seed,
             group=_group(run.config),
@@ -86,6 +89,7 @@ def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id:
         trackers[seed].finish(_summary(result), status=status)
         latest[seed] = _final_metrics(result.as_dict())
 
+    reported = False
     while runs:
         for seed in list(runs):
             run = runs[seed]
@@ -99,6 +103,9 @@ def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id:
             if run.epoch >= run.config.epochs:
                 end(seed, "completed")
         tune.report(_mean_report(latest, epoch=max([r.epoch for r in runs.values()] or [_epochs(resolved)])))
+        reported = True
+    if not reported:  # every replicate had finished before a restart: tell Tune (and Optuna) once more
+        tune.report(_mean_report(latest, epoch=_epochs(resolved)))
 
 
 def _epochs(resolved: dict[str, Any]) -> int:

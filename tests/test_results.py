@@ -19,6 +19,7 @@ from bnsweep.results import (
     STR,
     _atomic_write,
     columns_markdown,
+    finalize_unfinished,
     load_history,
     load_results,
     load_trained_net,
@@ -252,3 +253,14 @@ def test_columns_markdown_documents_every_column():
         assert f"| `{col}` | {dtype} |" in md and desc
     assert {t for t, _ in COLUMNS.values()} <= {"str", "Int64", "float64", "boolean"}
     assert columns_markdown("history").count("\n") == 2 + len(HISTORY_COLUMNS)
+
+
+def test_finalize_unfinished_records_a_pruned_trial(run_copy):
+    paths = finalize_unfinished(run_copy, "t06_bn_running", status="pruned", reason="stopped by ASHA after epoch 1")
+    assert [p.relative_to(run_copy).as_posix() for p in paths] == ["trials/t06_bn_running/seed-0/result.json"]
+    assert finalize_unfinished(run_copy, "t00_all_w1") == []  # finished replicates are left alone
+    row = load_results(run_copy).set_index("trial_id").loc["t06_bn_running"]
+    assert (row["status"], row["reason"], row["epochs_run"]) == ("pruned", "stopped by ASHA after epoch 1", 1)
+    assert row["params_trainable"] == 672 and row["lr_schedule.type"] == "multistep"
+    assert row["replicate"] == 0 and pd.isna(row["test_accuracy"]) and row["finished_at"]
+    assert len(load_history(run_copy).query("trial_id == 't06_bn_running'")) == 1

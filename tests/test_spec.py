@@ -355,6 +355,35 @@ def test_each_bad_value_gets_a_precise_problem(tmp_path: Path, body: str, key: s
         assert part in p.message, (part, str(p))
 
 
+def test_problems_inside_one_of_options_are_blamed_on_the_option_or_its_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", """\
+        name: s
+        trials: 3
+        parameters:
+          regime: {one_of: {bn: {lr: {values: [0.5, -1]}}, bnx: {}}}
+          optimizer:
+            one_of:
+              sgd: {nesterov: true}
+              adam: {momentum: 2, weight_decay: {values: [-1, 0.1]}}
+          data: {one_of: {npz: {path: /x.npz}, dir: {}, synthetic: {synthetic_size: 0}}}
+          lr_schedule: {one_of: {cosine: {type: step}}}
+    """)
+    problems = problems_of(path)
+    expected = {
+        "parameters.regime.one_of.bn.lr.values[1]": (4, "expected a number > 0, received -1"),
+        "parameters.regime.one_of.bnx": (4, "did you mean 'bn'?"),
+        "parameters.optimizer.one_of.adam.momentum": (8, "expected a number in [0, 1), received 2"),
+        "parameters.optimizer.one_of.adam.weight_decay.values[0]": (8, "expected a number >= 0, received -1"),
+        "parameters.data.one_of.dir": (9, "makes data.path invalid"),
+        "parameters.data.one_of.synthetic.synthetic_size": (9, "expected an integer > 0, received 0"),
+        "parameters.lr_schedule.one_of.cosine.type": (10, "the option's name here"),
+    }
+    assert sorted(p.key for p in problems) == sorted(expected)
+    for key, (line, part) in expected.items():
+        p = only(problems, key)
+        assert p.line == line and part in p.message, str(p)
+
+
 def test_problem_str_format() -> None:
     p = Problem("sweeps/x.yaml", 12, "parameters.lr.min", "expected a number > 0, received -0.1")
     assert str(p) == "sweeps/x.yaml:12 parameters.lr.min: expected a number > 0, received -0.1"
@@ -443,11 +472,13 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 def test_overrides_apply_on_top_of_fixed_and_replace_searches(tmp_path: Path) -> None:
     path = write(tmp_path, "lr.yaml", FULL)
-    spec = load_spec(path, overrides={"data.source": "npz", "data.path": "/data/c10.npz", "epochs": 2,
+    spec = load_spec(path, overrides={"data.source": "npz", "data.path": "/data/c10.npz", "epochs": 20,
                                       "batch_size": 64})
     assert spec.fixed["data.source"] == "npz" and spec.fixed["data.path"] == "/data/c10.npz"
-    assert spec.fixed["epochs"] == 2 and spec.fixed["batch_size"] == 64 and "batch_size" not in spec.parameters
+    assert spec.fixed["epochs"] == 20 and spec.fixed["batch_size"] == 64 and "batch_size" not in spec.parameters
     assert load_spec(path).spec_hash() != spec.spec_hash()
+    problems = problems_of(path, overrides={"epochs": 2})  # shorter than the scheduler's grace period
+    assert "at most the number of epochs (2)" in only(problems, "scheduler.grace_period").message
     # choosing a one_of option keeps searching that option's own parameters
     spec = load_spec(path, overrides={"lr_schedule.type": "cosine", "epochs": 10})
     assert spec.fixed["lr_schedule"] == {"type": "cosine"} and "lr_schedule" not in spec.parameters
@@ -484,11 +515,19 @@ def test_dataclasses_validate_when_built_directly() -> None:
         Distribution(kind="log_uniform", min=0, max=1)
     with pytest.raises(SpecError, match="goal"):
         Metric(name="val_loss", goal="lowest")  # type: ignore[arg-type]
-    with pytest.raises(SpecError, match="fixed.model.depth"):
+    with pytest.raises(SpecError, match=r"fixed\.model\.depth"):
         SweepSpec(name="x", fixed={"model.depth": 21})
     with pytest.raises(SpecError, match="both searched and fixed"):
         SweepSpec(name="x", fixed={"lr": 0.1}, parameters={"lr": Values(values=(0.1,))})
     assert Distribution(kind="q_uniform", min=0, max=1, step=0.3).endpoints() == (0, pytest.approx(0.9))
+
+
+def test_yaml_value_is_safe_and_reads_yaml12_floats() -> None:
+    from bnsweep.spec import yaml_value
+
+    assert yaml_value("5e-4") == 5e-4 and yaml_value("1E3") == 1000.0 and yaml_value("[0.5, 0.75]") == [0.5, 0.75]
+    with pytest.raises(yaml.YAMLError):
+        yaml_value('!!python/object/apply:os.system ["true"]')
 
 
 def test_merge_config_schedule_rules() -> None:
@@ -496,3 +535,11 @@ def test_merge_config_schedule_rules() -> None:
         "type": "multistep", "milestones": [0.5, 0.75], "gamma": 0.5}
     assert merge_config({"lr_schedule": {"type": "step", "every": 3}}, {"lr_schedule": {"gamma": 0.5}}) == {
         "lr_schedule": {"type": "step", "every": 3, "gamma": 0.5}}
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import bnsweep.spec
+
+    assert doctest.testmod(bnsweep.spec).failed == 0

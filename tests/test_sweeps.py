@@ -130,9 +130,9 @@ resources: {{cpu: 1}}
 tracking: {{wandb: false}}
 fixed:
   model: {{depth: 8}}
-  epochs: 2
+  epochs: 3
   batch_size: 32
-  steps_per_epoch: 1
+  steps_per_epoch: 2
   data: {{source: npz, val_size: 16, test_size: 16}}
 parameters:
   lr: {{values: [0.1, 1.0e+9]}}
