@@ -105,6 +105,23 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def distribution_scope(strategy: str) -> Any:
+    """The scope a model must be built and compiled in: nothing, MirroredStrategy, or TPUStrategy."""
+    import contextlib
+
+    if strategy == "none":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    if strategy == "mirrored":
+        return tf.distribute.MirroredStrategy().scope()
+    found = tpu_strategy()
+    if found is None:
+        raise RuntimeError("strategy: 'tpu' was asked for but no TPU was found (run on a TPU VM, or set "
+                           "strategy: none)")
+    return found.scope()
+
+
 def tpu_strategy() -> Any:
     """A ``tf.distribute.TPUStrategy`` for a TPU VM / Colab TPU, or ``None`` where there is no TPU.
 

@@ -11,6 +11,7 @@ no/such/spec.yaml: no such file
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -62,15 +63,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Any:
     import dataclasses
 
-    from bnsweep.spec import load_spec
+    from bnsweep.spec import SpecError, load_spec
 
     spec = load_spec(args.spec, overrides=_overrides(args))
     changes = {k: getattr(args, k) for k in ("trials", "replicates", "max_concurrent")
                if getattr(args, k, None) is not None}
-    for k, v in changes.items():
+    for k, v in list(changes.items()):
         if v < 1:
             raise _Bad(f"--{k.replace('_', '-')}: expected an integer >= 1, received {v}")
-    return dataclasses.replace(spec, **changes) if changes else spec
+    res = {k: v for k, v in (("cpu", getattr(args, "cpus_per_trial", None)),
+                             ("gpu", getattr(args, "gpus_per_trial", None))) if v is not None}
+    if res:
+        try:
+            changes["resources"] = dataclasses.replace(spec.resources, **res)
+        except (ValueError, TypeError, SpecError) as e:
+            raise _Bad(f"--cpus-per-trial/--gpus-per-trial: {e}".replace("<spec>: ", "")) from None
+    if not changes:
+        return spec
+    raw = {**spec.raw, **{k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in changes.items()}}
+    return dataclasses.replace(spec, **changes, raw=raw)  # the saved spec is what runs
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -165,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--trials", type=int, help="override the number of sampled configurations")
         q.add_argument("--replicates", type=int, help="override the seeds per configuration")
         q.add_argument("--max-concurrent", type=int, dest="max_concurrent")
+        q.add_argument("--cpus-per-trial", type=float, help="override resources.cpu of the spec")
+        q.add_argument("--gpus-per-trial", type=float, help="override resources.gpu (fractions share a GPU)")
 
     def ray_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--address", help="join a running Ray cluster ('auto' or HOST:PORT) instead of a local Ray")
@@ -234,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     except (_Bad, ConfigError, DataError, RunDirError, FileNotFoundError) as e:
         print(f"bnsweep {args.verb}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `bnsweep plan X | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush at exit
+        return 0
     except KeyboardInterrupt:
         where = getattr(args, "run_dir", None)
         print(f"\ninterrupted. Nothing finished is lost; continue with: bnsweep resume {where or 'RUN_DIR'}",

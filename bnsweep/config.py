@@ -28,6 +28,7 @@ Source = Literal["cifar10", "npz", "dir", "synthetic"]
 Augment = Literal["paper", "notebook", "none"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
 Backend = Literal["tensorflow", "jax"]
+Strategy = Literal["none", "mirrored", "tpu"]
 ScheduleType = Literal[
     "constant", "step", "multistep", "cosine", "one_cycle", "exponential",
     "cosine_restarts", "linear_cosine", "rampup_exp",
@@ -154,6 +155,7 @@ class TrialConfig:
     jit_compile: bool | Literal["auto"] = "auto"
     threads: int | None = None  # TF intra-op threads; None: the trial's CPUs
     steps_per_epoch: int | None = None  # cap (tests, probes); None: a full pass over the data
+    strategy: Strategy = "none"  # TensorFlow distribution: tpu = TPUStrategy (all cores), mirrored = all GPUs
 
     def __post_init__(self) -> None:
         _check_choice("regime", self.regime, REGIMES)
@@ -161,6 +163,9 @@ class TrialConfig:
         _check_positive("batch_size", self.batch_size, integer=True)
         _check_positive("epochs", self.epochs, integer=True)
         _check_choice("backend", self.backend, get_args(Backend))
+        _check_choice("strategy", self.strategy, get_args(Strategy))
+        if self.strategy != "none" and self.backend != "tensorflow":
+            raise ConfigError("strategy", self.strategy, "'none' unless backend is 'tensorflow'")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError("seed", self.seed, "an integer")
         if not isinstance(self.lr_schedule, dict) or "type" not in self.lr_schedule:

@@ -147,8 +147,9 @@ def _probe(base: Any, combos: list[tuple[Any, Any, Any]], *, steps: int) -> tupl
 
     depth, width, regime = combos[0]
     cfg = base.replace(**{"model.depth": int(depth), "model.width": int(width), "regime": regime,
-                          "data.source": "synthetic", "data.synthetic_size": base.batch_size * steps, "data.train_size": None,
-                          "data.val_size": 0, "data.test_size": None, "data.path": None, "data.test_path": None,
+                          "data.source": "synthetic", "data.synthetic_size": base.batch_size * steps,
+                          "data.train_size": None, "data.val_size": 0, "data.test_size": None,
+                          "data.path": None, "data.test_path": None,
                           "steps_per_epoch": steps, "epochs": 2})
     try:
         run = TrialRun(cfg)

@@ -101,19 +101,15 @@ def _write_run_files(run_dir: Path, spec: Any, overrides: dict[str, Any], option
 
     from bnsweep.accelerators import library_versions
 
-    raw = dict(spec.raw)
+    raw = dict(spec.raw)  # canonical: includes merged, command-line overrides already applied
     raw.pop("include", None)
-    if overrides:  # the saved spec is the spec that runs: command-line overrides folded into `fixed`
-        fixed = dict(raw.get("fixed") or {})
-        params = dict(raw.get("parameters") or {})
-        for k, v in overrides.items():
-            fixed[k] = v
-            params.pop(k, None)
-        raw["fixed"], raw["parameters"] = fixed, params
     atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     from bnsweep.spec import load_spec
 
     saved = load_spec(run_dir / "spec.yaml")  # the saved spec must load back to the same sweep
+    if saved.spec_hash() != spec.spec_hash():
+        raise RuntimeError(f"{run_dir / 'spec.yaml'}: the saved spec does not reload to the spec being run "
+                           f"({saved.spec_hash()} != {spec.spec_hash()}); please report this as a bnsweep bug")
     info = {
         "name": spec.name, "spec_hash": saved.spec_hash(), "created": now_iso(), "spec_source": str(spec.source),
         "git_commit": git_commit(), "versions": library_versions(), "replicates": spec.replicates,
@@ -276,7 +272,7 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool) -> 
                 tune_config=tune.TuneConfig(
                     metric=spec.metric.name, mode=spec.metric.mode, search_alg=searcher,
                     scheduler=_make_scheduler(spec), num_samples=n, max_concurrent_trials=spec.max_concurrent,
-                    reuse_actors=False),
+                    reuse_actors=True),  # a worker keeps TF/JAX imported between trials
                 run_config=tune.RunConfig(
                     name="ray", storage_path=str(run_dir), verbose=0, callbacks=[monitor],
                     failure_config=tune.FailureConfig(max_failures=spec.retries)),

@@ -97,25 +97,26 @@ class TrialRun:
         keras.utils.set_random_seed(cfg.seed)
 
         # ---- the recipe (defaults: the paper / open_lth CIFAR ResNet) ----------------------
-        self.net = build_resnet(cfg.model, seed=cfg.seed)  # Kaiming-normal, γ ~ U[0,1) or 1
-        self.applied = apply_regime(self.net, cfg.model, cfg.regime, seed=cfg.seed)  # per variable
-        preprocess = make_preprocess(mean=self.data.mean, std=self.data.std, augment=cfg.data.augment,
-                                     normalize=cfg.data.normalize, seed=cfg.seed)  # on device
-        images = keras.Input((32, 32, 3), dtype="uint8", name="uint8_images")
-        self.model = keras.Model(images, self.net(preprocess(images)), name="trial")
-        n = len(self.data.y_train)
-        full = math.ceil(n / cfg.batch_size)
-        self.steps_per_epoch = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
-        bn_params = [v for layer in self.net.layers if isinstance(layer, keras.layers.BatchNormalization)
-                     for v in (layer.gamma, layer.beta)]
-        optimizer = make_optimizer(cfg, steps_per_epoch=self.steps_per_epoch,  # LR schedule in epochs
-                                   no_decay=[] if cfg.optimizer.decay_bn else bn_params)
-        self.model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=_jit(cfg),
-        )
+        with accelerators.distribution_scope(cfg.strategy):  # TPU / multi-GPU: build inside
+            self.net = build_resnet(cfg.model, seed=cfg.seed)  # Kaiming-normal, γ ~ U[0,1) or 1
+            self.applied = apply_regime(self.net, cfg.model, cfg.regime, seed=cfg.seed)  # per variable
+            preprocess = make_preprocess(mean=self.data.mean, std=self.data.std, augment=cfg.data.augment,
+                                         normalize=cfg.data.normalize, seed=cfg.seed)  # on device
+            images = keras.Input((32, 32, 3), dtype="uint8", name="uint8_images")
+            self.model = keras.Model(images, self.net(preprocess(images)), name="trial")
+            n = len(self.data.y_train)
+            full = math.ceil(n / cfg.batch_size)
+            self.steps_per_epoch = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+            bn_params = [v for layer in self.net.layers if isinstance(layer, keras.layers.BatchNormalization)
+                         for v in (layer.gamma, layer.beta)]
+            optimizer = make_optimizer(cfg, steps_per_epoch=self.steps_per_epoch,  # LR schedule in epochs
+                                       no_decay=[] if cfg.optimizer.decay_bn else bn_params)
+            self.model.compile(
+                optimizer=optimizer,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                jit_compile=_jit(cfg),
+            )
         self.accounting = account(cfg.model, cfg.regime).as_dict()
         if self.applied.trainable_scalars != self.accounting["trainable"]:
             raise AssertionError(f"regime {cfg.regime}: model trains {self.applied.trainable_scalars} "

@@ -48,12 +48,14 @@ def train_configuration(config: dict[str, Any], *, meta: dict[str, Any], data: A
 
 
 def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id: str, run_dir: Path) -> None:
+    import keras
     from ray import tune
 
     from bnsweep.results import save_trial_record, save_trial_start
     from bnsweep.tracking import TrackingConfig, TrialTracker
     from bnsweep.trial import Diverged, TrialRun
 
+    keras.backend.clear_session()  # a reused worker: free the previous trial's graphs and models
     resolved = config["resolved"]
     record_meta = {k: meta[k] for k in ("sweep", "spec_hash", "git_commit", "versions")}
     known = set(TrackingConfig.__dataclass_fields__)

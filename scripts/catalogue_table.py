@@ -167,6 +167,9 @@ def doc(rows: list[dict[str, Any]], note: str) -> str:
         spec, plan = r["spec"], r["plan"]
         fixed = spec.fixed
         out += ["", f"### `{r['name']}` — [{r['file']}](../{r['file']})", "", r["description"], ""]
+        header = header_comment(ROOT / r["file"])
+        if header:
+            out += ["```text", header, "```", ""]
         out.append(f"- search: {spec.method}, {plan['configurations']} configurations × {spec.replicates} seeds "
                    f"= {plan['trainings']} trainings × ≤{plan['epochs']} epochs; early stopping: "
                    f"{plan['early_stopping']}; resources per trial: cpu {spec.resources.cpu:g}"
@@ -197,6 +200,16 @@ def doc(rows: list[dict[str, Any]], note: str) -> str:
     out += ["", "Regenerate: `.venv/bin/python scripts/catalogue_table.py --write` "
                 "(`--measure` to time ResNet-20 on this machine instead of the documented rates)."]
     return "\n".join(out) + "\n"
+
+
+def header_comment(path: Path) -> str:
+    """The spec's leading comment block (what it asks, its notebook/figure, how to run it)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(lines)
 
 
 def write_readme(table: str, readme: Path = ROOT / "README.md") -> None:

@@ -148,7 +148,7 @@ def test_defaults_and_shorthands(tmp_path: Path) -> None:
     assert spec.method == "tpe" and spec.metric == Metric(name="val_loss", goal="minimize")
     assert spec.scheduler.type == "median" and spec.resources == Resources()
     assert spec.fixed == {"lr_schedule": {"type": "cosine"}} and spec.parameters == {}
-    assert spec.tracking == {"wandb": False, "project": "bnsweep"}
+    assert spec.tracking == {"wandb": True, "project": "bnsweep"}  # offline unless a key is set
 
 
 def test_grid_trials_default_to_and_are_capped_by_the_grid_size(tmp_path: Path) -> None:

@@ -127,3 +127,23 @@ def test_learning_on_real_cifar10_all_beats_bn_beats_none():
     assert acc["bn"] >= 0.15, acc
     assert acc["all"] - acc["bn"] >= 0.08, acc
     assert abs(acc["none"] - 0.10) <= 0.05, acc
+
+
+def test_the_distribution_strategy_path_trains_under_a_real_mirrored_strategy():
+    """The TPU path builds and compiles inside a tf.distribute scope; MirroredStrategy over this
+    machine's one CPU device exercises the same code for real (no TPU exists here)."""
+    r = run(_cfg(strategy="mirrored", regime="bn"))
+    assert r.status == "completed" and r.accounting["trainable"] == 672
+    assert r.test_accuracy is not None
+
+
+def test_strategy_tpu_without_a_tpu_fails_with_a_clear_message_no_tpu_hardware():
+    with pytest.raises(RuntimeError, match="no TPU was found"):
+        TrialRun(_cfg(strategy="tpu"))
+
+
+def test_strategy_needs_the_tensorflow_backend():
+    from bnsweep.config import ConfigError, TrialConfig
+
+    with pytest.raises(ConfigError, match="strategy"):
+        TrialConfig.from_dict(_cfg(strategy="tpu", backend="jax"))
