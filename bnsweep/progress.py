@@ -114,14 +114,15 @@ class SweepMonitor(Callback):
     def eta_seconds(self, trials: list[Any]) -> float | None:
         if not self._durations:
             return None
-        left = max(self.total - sum(t.status in ("TERMINATED", "ERROR") for t in trials), 0)
+        left = max(self.total - sum(t.status in ("TERMINATED", "ERROR") or t.trial_id in self.ended
+                                    for t in trials), 0)
         parallel = max(len(self.running), 1)
         return left * (sum(self._durations) / len(self._durations)) / parallel
 
     def _status(self, trials: list[Any]) -> None:
         self._last_status = time.time()
         c = self.counts()
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        done = sum(t.status in ("TERMINATED", "ERROR") or t.trial_id in self.ended for t in trials)
         eta = self.eta_seconds(trials)
         self._emit("status", done=done, total=self.total, running=c["running"], pruned=c["pruned"],
                    failed=c["failed"], best=self.best_value, best_trial=self.best_trial,

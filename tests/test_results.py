@@ -264,3 +264,13 @@ def test_finalize_unfinished_records_a_pruned_trial(run_copy):
     assert row["params_trainable"] == 672 and row["lr_schedule.type"] == "multistep"
     assert row["replicate"] == 0 and pd.isna(row["test_accuracy"]) and row["finished_at"]
     assert len(load_history(run_copy).query("trial_id == 't06_bn_running'")) == 1
+
+
+def test_the_documented_columns_are_the_code_s_columns():
+    """docs/results-table.md is generated from results.COLUMNS: regenerate it when a column changes."""
+    from pathlib import Path
+
+    from bnsweep.results import columns_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "results-table.md").read_text()
+    assert columns_markdown("results") in doc and columns_markdown("history") in doc
