@@ -236,6 +236,7 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool) -> 
     from bnsweep.config import DataConfig, TrialConfig
     from bnsweep.data import load_data
     from bnsweep.progress import SweepMonitor
+    from bnsweep.searchers import trial_dirname
     from bnsweep.worker import train_configuration
 
     info = read_sweep_json(run_dir)
@@ -272,7 +273,8 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool) -> 
                 tune_config=tune.TuneConfig(
                     metric=spec.metric.name, mode=spec.metric.mode, search_alg=searcher,
                     scheduler=_make_scheduler(spec), num_samples=n, max_concurrent_trials=spec.max_concurrent,
-                    reuse_actors=True),  # a worker keeps TF/JAX imported between trials
+                    reuse_actors=True,  # a worker keeps TF/JAX imported between trials
+                    trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
                     name="ray", storage_path=str(run_dir), verbose=0, callbacks=[monitor],
                     failure_config=tune.FailureConfig(max_failures=spec.retries)),
@@ -288,9 +290,22 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool) -> 
     finished = monitor.all_ended()
     if finished:
         _fail_stale_optuna_trials(storage_url)
+        _log_summary(run_dir, spec)
     outcome = Outcome(run_dir=run_dir, finished=finished, counts=monitor.counts(), best=monitor.best())
     monitor.close(outcome)
     return outcome
+
+
+def _log_summary(run_dir: Path, spec: Any) -> None:
+    """The sweep's W&B summary run: results tables and any plots made so far (never raises)."""
+    from bnsweep.tracking import TrackingConfig, log_sweep_summary
+
+    known = set(TrackingConfig.__dataclass_fields__)
+    tracking = TrackingConfig(**{k: v for k, v in dict(spec.tracking).items() if k in known})
+    tables = [p for p in (run_dir / "results.csv", run_dir / "history.csv") if p.exists()]
+    plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
+    log_sweep_summary(tracking=tracking, run_dir=run_dir, sweep=spec.name, table_paths=tables, plot_paths=plots,
+                      config=dict(spec.raw))
 
 
 def _fail_stale_optuna_trials(storage_url: str) -> int:

@@ -20,3 +20,8 @@ class ResumableOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         with contextlib.suppress(UpdateFinishedTrialError):
             super().on_trial_result(trial_id, result)
+
+
+def trial_dirname(trial: Any) -> str:
+    """Ray Tune's per-trial folder: the trial id (the default embeds the config, paths included)."""
+    return str(trial.trial_id)

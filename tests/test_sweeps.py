@@ -168,6 +168,8 @@ def test_quickstart_spec_runs_on_the_real_subset_through_the_cli(ray_local, tmp_
     acc = df.groupby("regime")["test_accuracy"].mean()
     assert acc["all"] > 0.2 and acc["bn"] > 0.13, acc  # well above chance (0.10) after 4 epochs
     assert (df["data_source"].str.contains("cifar10-subset-train.npz")).all()
+    # W&B, offline by default: one run per replicate plus the sweep summary, all inside the run dir
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 4 + 1
     assert main(["status", str(run_dir)]) == 0
     assert "quickstart" in capsys.readouterr().out
 
