@@ -146,7 +146,7 @@ def _lr_curves(dirs: list[Path], **_: Any) -> tuple[Figure, str]:
     positive = True
     for _, row in df.iterrows():
         cfg = json.loads(row["config_json"])
-        sched, lr, epochs = cfg["lr_schedule"], float(cfg["lr"]), int(cfg["epochs"])
+        sched, lr, epochs = cfg["lr_schedule"], _effective_lr(cfg), int(cfg["epochs"])
         key = json.dumps([sched, lr, epochs], sort_keys=True)
         if key in seen:
             continue
@@ -394,3 +394,10 @@ def plot(run_dirs: RunDirs, *, kind: str, out_dir: str | Path, trials: Sequence[
     fig, title = BUILDERS[kind](dirs, metric=metric, trials=trials, n_images=n_images)
     prov = {**provenance([d.parent if d.is_file() else d for d in dirs]), "kind": kind}
     return save_figure(fig, out_dir, kind, prov=prov, title=title, formats=formats)
+
+
+def _effective_lr(cfg: dict[str, Any]) -> float:
+    """The peak LR that trained (``lr`` scaled to the batch size when ``lr_scaling`` is set)."""
+    from bnsweep.config import TrialConfig
+
+    return TrialConfig.from_dict(cfg).effective_lr

@@ -29,6 +29,7 @@ Augment = Literal["paper", "notebook", "none"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
 Backend = Literal["tensorflow", "jax"]
 Strategy = Literal["none", "mirrored", "tpu"]
+LrScaling = Literal["none", "linear", "sqrt"]
 ScheduleType = Literal[
     "constant", "step", "multistep", "cosine", "one_cycle", "exponential",
     "cosine_restarts", "linear_cosine", "rampup_exp",
@@ -146,7 +147,9 @@ class TrialConfig:
     regime: Regime = "all"
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    lr: float = 0.1  # peak learning rate (per batch of `batch_size`)
+    lr: float = 0.1  # peak learning rate; with lr_scaling, per `lr_reference_batch` images
+    lr_scaling: LrScaling = "none"  # linear (Goyal et al.): lr × batch/reference; sqrt: × √(batch/reference)
+    lr_reference_batch: int = 128  # the batch size `lr` is quoted for when lr_scaling is not none
     lr_schedule: dict[str, Any] = field(default_factory=_default_schedule)  # see schedules.py
     batch_size: int = 128
     epochs: int = 160
@@ -161,6 +164,8 @@ class TrialConfig:
         _check_choice("regime", self.regime, REGIMES)
         _check_positive("lr", self.lr)
         _check_positive("batch_size", self.batch_size, integer=True)
+        _check_choice("lr_scaling", self.lr_scaling, get_args(LrScaling))
+        _check_positive("lr_reference_batch", self.lr_reference_batch, integer=True)
         _check_positive("epochs", self.epochs, integer=True)
         _check_choice("backend", self.backend, get_args(Backend))
         _check_choice("strategy", self.strategy, get_args(Strategy))
@@ -178,6 +183,17 @@ class TrialConfig:
             _check_positive("steps_per_epoch", self.steps_per_epoch, integer=True)
         if self.threads is not None:
             _check_positive("threads", self.threads, integer=True)
+
+    @property
+    def effective_lr(self) -> float:
+        """The peak LR the optimizer uses: ``lr`` scaled from ``lr_reference_batch`` to ``batch_size``.
+
+        >>> TrialConfig(lr=0.1, batch_size=1024, lr_scaling="linear").effective_lr
+        0.8
+        """
+        ratio = self.batch_size / self.lr_reference_batch
+        factor = {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[self.lr_scaling]
+        return float(self.lr * factor)
 
     # ---- plain dicts (what Ray Tune passes around and what the results table stores) ----
     def to_dict(self) -> dict[str, Any]:

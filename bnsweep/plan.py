@@ -125,8 +125,7 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanRep
         flops_per_training.append(epochs * (a.train_flops * n_train + a.forward_flops * n_val))
     mean_flops = sum(flops_per_training) / len(flops_per_training)
     report.total_train_flops = mean_flops * report.trainings
-    lrs = _values(spec, "lr", base.lr)
-    lr = lrs[0]
+    lr = base.replace(lr=float(_values(spec, "lr", base.lr)[0])).effective_lr  # the peak LR that trains
     for name, sched in _representative_schedules(spec):
         curve = planned_lr(sched, lr=float(lr), epochs=epochs)
         report.schedules.append({"name": name, "schedule": sched, "lr": lr, "curve": curve})

@@ -91,13 +91,16 @@ _CONFIG_DESCRIPTIONS: dict[str, str] = {
     "optimizer.beta_1": "Adam β1",
     "optimizer.beta_2": "Adam β2",
     "optimizer.epsilon": "Adam ε",
-    "lr": "peak learning rate",
+    "lr": "peak learning rate (per lr_reference_batch images when lr_scaling is set)",
+    "lr_scaling": "LR scaling with batch size (none, linear, sqrt)",
+    "lr_reference_batch": "the batch size lr is quoted for when lr_scaling is set",
     "batch_size": "training batch size",
     "epochs": "planned epochs",
     "backend": "Keras backend the trial asked for (tensorflow, jax)",
     "jit_compile": "XLA compilation (true, false, auto)",
     "threads": "TensorFlow intra-op threads (empty: the trial's CPUs)",
     "steps_per_epoch": "cap on steps per epoch (empty: a full pass)",
+    "strategy": "TensorFlow distribution strategy (none, mirrored, tpu)",
 }
 
 

@@ -205,7 +205,8 @@ def make_optimizer(cfg: Any, *, steps_per_epoch: int, no_decay: list[Any]):
     from keras import ops
 
     o = cfg.optimizer
-    schedule = make_keras_schedule(cfg.lr_schedule, lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
+    schedule = make_keras_schedule(cfg.lr_schedule, lr=cfg.effective_lr, epochs=cfg.epochs,
+                                   steps_per_epoch=steps_per_epoch)
     wd = float(o.weight_decay)
 
     def coupled(base: type) -> type:

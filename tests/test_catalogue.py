@@ -227,7 +227,12 @@ def test_batch_sizes_searches_optimizer_and_lr_for_each_batch_size():
     assert spec.parameters["batch_size"].values == (128, 256, 512, 1024, 2048)
     assert set(spec.parameters["optimizer"].names) == {"sgd", "adam"}
     lr = spec.parameters["lr"]
-    assert lr.min <= 1e-3 and lr.max >= 0.1 * 2048 / 128  # Adam's 1e-3 and SGD's linear scaling both inside
+    assert lr.min <= 1e-3 and lr.max >= 0.1  # per 128 images: Adam's 1e-3 and SGD's 0.1 both inside
+    # the LR-scaling rule is explicit: the trial at batch 2048 trains with 16× the per-128 LR
+    from bnsweep.config import TrialConfig
+
+    cfg = TrialConfig.from_dict({**spec.base_trial_config(), "batch_size": 2048, "lr": 0.1})
+    assert cfg.lr_scaling == "linear" and cfg.effective_lr == pytest.approx(1.6)
     assert spec.method == "random" and spec.scheduler.type == "none"
 
 
