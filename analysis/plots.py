@@ -152,9 +152,10 @@ def _lr_curves(dirs: list[Path], **_: Any) -> tuple[Figure, str]:
             continue
         seen.add(key)
         kind = sched["type"]
-        plan = planned_lr(sched, lr=lr, epochs=epochs)
+        per_epoch = 1 if epochs > 400 else max(1, 400 // epochs)  # the within-epoch shape (cosine, warm-up)
+        plan = planned_lr(sched, lr=lr, epochs=epochs, points_per_epoch=per_epoch)
         positive &= min(plan) > 0
-        x = np.arange(epochs + 1)  # LR of epoch e (1-based) spans [e-1, e) epochs elapsed
+        x = np.arange(len(plan) + 1) / per_epoch  # a point's LR spans [t, t + 1/per_epoch) epochs elapsed
         n_same = int((df["lr_schedule.type"] == kind).sum())
         label = None if kind in labelled else f"{kind} ({n_same} runs)"
         labelled.add(kind)
