@@ -14,6 +14,7 @@ short measured probe (a few real training steps of the spec's network on this ma
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -50,14 +51,47 @@ class PlanReport:
 
 
 def _values(spec: Any, key: str, default: Any) -> list[Any]:
-    from bnsweep.spec import Constant, Values
+    """Every value ``key`` can take in the sweep (a one_of over ``key`` or its section included)."""
+    from bnsweep.spec import Constant, OneOf, Values
+
+    def plain(p: Any) -> list[Any] | None:
+        if isinstance(p, Values):
+            return list(p.values)
+        if isinstance(p, Constant):
+            return [p.value]
+        return None
 
     p = spec.parameters.get(key)
-    if isinstance(p, Values):
-        return list(p.values)
-    if isinstance(p, Constant):
-        return [p.value]
+    if plain(p) is not None:
+        return plain(p)  # type: ignore[return-value]
+    if isinstance(p, OneOf):  # a one_of over a single value (e.g. regime): its option names
+        return list(p.names)
+    section, _, leaf = key.rpartition(".")
+    q = spec.parameters.get(section) if section else None
+    if isinstance(q, OneOf):  # e.g. model: {one_of: {small: {depth: 14}, large: {depth: 56}}}
+        out: list[Any] = []
+        for opts in q.options.values():
+            vals = plain(opts.get(leaf)) if leaf in opts else [spec.fixed.get(key, default)]
+            out += vals if vals is not None else [spec.fixed.get(key, default)]
+        return list(dict.fromkeys(out))
     return [spec.fixed.get(key, default)]
+
+
+def _model_combos(spec: Any, base: Any) -> list[tuple[Any, Any]]:
+    """(depth, width) pairs the sweep can train; a one_of over ``model`` keeps each option's own."""
+    from bnsweep.spec import OneOf
+
+    q = spec.parameters.get("model")
+    if not isinstance(q, OneOf):
+        return list(itertools.product(_values(spec, "model.depth", base.model.depth),
+                                      _values(spec, "model.width", base.model.width)))
+    out: list[tuple[Any, Any]] = []
+    for name in q.names:
+        single = dataclasses.replace(spec, parameters={
+            **{k: v for k, v in spec.parameters.items() if k != "model"},
+            **{f"model.{k}": v for k, v in q.options[name].items()}})
+        out += _model_combos(single, base)
+    return list(dict.fromkeys(out))
 
 
 def _train_images(spec: Any) -> tuple[int, int]:
@@ -115,9 +149,7 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanRep
     report = PlanReport(name=spec.name, method=spec.method, configurations=n_cfg, replicates=spec.replicates,
                         trainings=n_cfg * spec.replicates, epochs=epochs, train_images=n_train, val_images=n_val,
                         early_stopping=spec.scheduler.type)
-    combos = list(itertools.product(_values(spec, "model.depth", base.model.depth),
-                                    _values(spec, "model.width", base.model.width),
-                                    _values(spec, "regime", base.regime)))
+    combos = [(d, w, r) for d, w in _model_combos(spec, base) for r in _values(spec, "regime", base.regime)]
     flops_per_training = []
     for depth, width, regime in combos:
         a = account(ModelConfig(depth=int(depth), width=int(width)), str(regime))

@@ -1,0 +1,48 @@
+"""`bnsweep plan`: what a spec will train, before it trains."""
+
+from __future__ import annotations
+
+from bnsweep.plan import make_plan
+from bnsweep.spec import parse_spec_text
+
+
+def test_a_one_of_over_the_model_plans_each_option_s_own_networks():
+    spec = parse_spec_text("""
+name: oneof
+method: random
+trials: 4
+replicates: 2
+fixed: {epochs: 3, regime: bn}
+parameters:
+  model:
+    one_of:
+      small: {depth: 14}
+      large: {depth: 32, width: {values: [1, 2]}}
+""")
+    r = make_plan(spec, probe=False)
+    assert [(m["depth"], m["width"]) for m in r.models] == [(14, 1), (32, 1), (32, 2)]
+    assert [m["trainable"] for m in r.models] == [1120, 2464, 4928]  # BN γ/β only
+    assert r.trainings == 8 and r.epochs == 3
+
+
+def test_the_planned_lr_curve_is_the_scaled_lr_that_will_train():
+    spec = parse_spec_text("""
+name: scaled
+method: grid
+fixed: {epochs: 4, batch_size: 1024, lr: 0.1, lr_scaling: linear, lr_schedule: {type: constant}}
+""")
+    (sched,) = make_plan(spec, probe=False).schedules
+    assert sched["curve"] == [0.8, 0.8, 0.8, 0.8]
+
+
+def test_regime_searched_as_a_one_of_counts_every_regime():
+    spec = parse_spec_text("""
+name: regimes
+method: grid
+fixed: {epochs: 2, model: {depth: 8}}
+parameters:
+  regime: {values: [all, bn, none]}
+""")
+    r = make_plan(spec, probe=False)
+    assert {m["regime"]: m["trainable"] for m in r.models} == {"all": 78042, "bn": 672, "none": 0}
+    assert r.configurations == 3
