@@ -29,7 +29,7 @@ def _versions() -> dict[str, str]:
 
 
 def _sweep_info(run_dir: Path) -> dict[str, Any]:
-    info: dict[str, Any] = {"path": str(run_dir.resolve())}
+    info: dict[str, Any] = {"path": _portable(run_dir)}
     try:
         sweep = json.loads((run_dir / "sweep.json").read_text())
     except (OSError, ValueError):
@@ -98,3 +98,12 @@ def figure_metadata(prov: dict[str, Any], *, title: str, fmt: str) -> dict[str, 
         return {"Title": title, "Creator": software, "Subject": blob,
                 "Keywords": " ".join(prov.get("spec_hashes", []))}
     return {}
+
+
+def _portable(run_dir: Path) -> str:
+    """The run directory relative to the working directory where possible (figures get shared and
+    committed: no machine-specific absolute paths), else as given."""
+    try:
+        return str(run_dir.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(run_dir)
