@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 130
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse prints usage + exits 2; keep it to one line
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see --help)\n")
+        self.exit(EXIT_BAD_INPUT, _printable(f"{self.prog}: {message} (see --help)") + "\n")
 
 
 def _data_override(value: str) -> dict[str, Any]:
@@ -84,9 +84,31 @@ def _load(args: argparse.Namespace) -> Any:
     return dataclasses.replace(spec, **changes, raw=raw)  # the saved spec is what runs
 
 
+def _check_ray_args(args: argparse.Namespace) -> None:
+    """Ray options that would otherwise fail deep inside Ray (a traceback) or hang (no CPU for a trial)."""
+    if not 1 <= args.dashboard_port <= 65535:
+        raise _Bad(f"--dashboard-port: expected a port 1..65535, received {args.dashboard_port}")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise _Bad(f"--num-cpus: expected an integer >= 1, received {args.num_cpus}")
+    if not args.dashboard_host.strip() or any(c.isspace() for c in args.dashboard_host):
+        raise _Bad(f"--dashboard-host: expected a host name or IP address, received {args.dashboard_host!r}")
+    if args.address and args.address != "auto":
+        host, sep, port = args.address.removeprefix("ray://").rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise _Bad(f"--address {args.address}: expected 'auto' or HOST:PORT of a Ray head "
+                       "(e.g. 10.0.0.5:6379)")
+        import socket
+
+        try:  # Ray itself retries for minutes before giving up on an address nobody answers at
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        except OSError as e:
+            raise _Bad(f"--address {args.address}: no Ray head answers there ({e.strerror or e})") from None
+
+
 def _options(args: argparse.Namespace) -> Any:
     from bnsweep.search import LaunchOptions
 
+    _check_ray_args(args)
     if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: the Ray dashboard will listen on {args.dashboard_host}: anyone who can reach it can "
               "submit jobs and run code on this machine (the 2023 'ShadowRay' attacks on exposed Ray). "
@@ -113,10 +135,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from bnsweep.search import launch
+    from bnsweep.search import default_run_dir, launch
 
     spec = _load(args)
-    outcome = launch(spec, options=_options(args), overrides=_overrides(args))
+    options = _options(args)
+    args.run_dir = str(options.run_dir or default_run_dir(spec))  # for the Ctrl-C message
+    outcome = launch(spec, options=options, overrides=_overrides(args))
     return 0 if outcome.finished else EXIT_INTERRUPTED
 
 
@@ -135,15 +159,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_dirs(paths: list[str]) -> None:
+    """export/plot read run directories or results tables: anything else is named, not read as empty."""
+    for d in paths:
+        p = Path(d)
+        if p.is_dir() and not any((p / n).exists() for n in ("sweep.json", "trials", "results.parquet", "results.csv")):
+            raise _Bad(f"{d}: not a bnsweep run directory (no sweep.json, trials/ or results table)")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from analysis.tables import export
 
+    _check_run_dirs(args.run_dirs)
     group_by = tuple(g.strip() for g in args.group_by.split(",")) if args.group_by else None
     kwargs: dict[str, Any] = {"fmt": args.format, "out": Path(args.out) if args.out else None,
                               "metric": args.metric, "caption": args.caption, "label": args.label}
     if group_by:
         kwargs["group_by"] = group_by
-    out = export([Path(d) for d in args.run_dirs], **kwargs)
+    try:
+        out = export([Path(d) for d in args.run_dirs], **kwargs)
+    except (ValueError, KeyError) as e:  # bad --group-by/--metric/--format combinations, empty tables
+        raise _Bad(e.args[0] if e.args else type(e).__name__) from None
     if isinstance(out, str) and not args.out:
         print(out)
     else:
@@ -154,9 +190,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from analysis.plots import plot
 
+    _check_run_dirs(args.run_dirs)
     out_dir = Path(args.out) if args.out else Path(args.run_dirs[0]) / "plots"
-    paths = plot([Path(d) for d in args.run_dirs], kind=args.kind, out_dir=out_dir,
-                 trials=args.trials.split(",") if args.trials else None)
+    try:
+        paths = plot([Path(d) for d in args.run_dirs], kind=args.kind, out_dir=out_dir,
+                     trials=args.trials.split(",") if args.trials else None)
+    except (ValueError, KeyError) as e:  # nothing to plot, unknown trial ids
+        raise _Bad(e.args[0] if e.args else type(e).__name__) from None
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -231,28 +271,73 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _printable(text: str) -> str:
+    """One terminal line: newlines, escape sequences and other control characters (from a spec's keys or
+    values, a file name...) are shown escaped, never acted on."""
+    import unicodedata
+
+    out = []
+    for c in text:
+        if c.isprintable() or c == " ":
+            out.append(c)
+        elif unicodedata.category(c) in ("Cc", "Cs") or ord(c) < 0x20:
+            out.append(c.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:  # format / private-use / unassigned (e.g. bidi overrides, zero-width): escaped too
+            out.append(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) if str(e) else type(e).__name__
+    return _printable(text[:2000])
+
+
+def _broken_pipe() -> int:  # `bnsweep plan X | head`
+    with contextlib.suppress(OSError):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush at exit
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    import yaml
+
     from bnsweep.config import ConfigError
     from bnsweep.data import DataError
     from bnsweep.rundir import RunDirError
     from bnsweep.spec import SpecError
 
     args = build_parser().parse_args(argv)
+    for name in ("spec", "run_dir", "run_dirs", "data", "out"):  # '' would silently mean '.'
+        value = getattr(args, name, None)
+        if value == "" or (isinstance(value, list) and "" in value):
+            print(f"bnsweep {args.verb}: {name.replace('_', '-')}: an empty path", file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         return int(args.func(args) or 0)
     except SpecError as e:
         for problem in e.problems:
-            print(str(problem), file=sys.stderr)
+            print(_printable(str(problem)), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (_Bad, ConfigError, DataError, RunDirError, FileNotFoundError) as e:
-        print(f"bnsweep {args.verb}: {e}", file=sys.stderr)
+    except (_Bad, ConfigError, DataError, RunDirError) as e:
+        print(f"bnsweep {args.verb}: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except BrokenPipeError:  # `bnsweep plan X | head`
-        with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush at exit
-        return 0
+    except yaml.YAMLError as e:  # the spec reader should turn these into problems; never a traceback
+        where = getattr(args, "spec", None) or getattr(args, "run_dir", None) or ""
+        print(f"bnsweep {args.verb}: {_printable(str(where))}: invalid YAML ({_one_line(e)})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a path that cannot be read or written (missing, permissions, disk full)
+        if isinstance(e, BrokenPipeError):
+            return _broken_pipe()
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(_printable(f"bnsweep {args.verb}: {where}{e.strerror or _one_line(e)}"), file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         where = getattr(args, "run_dir", None)
-        print(f"\ninterrupted. Nothing finished is lost; continue with: bnsweep resume {where or 'RUN_DIR'}",
-              file=sys.stderr)
+        if args.verb == "launch" and not (where and (Path(where) / "sweep.json").exists()):
+            print("\ninterrupted before the sweep started; nothing was written. Launch it again.", file=sys.stderr)
+        elif args.verb in ("launch", "resume"):
+            print(f"\ninterrupted. Nothing finished is lost; continue with: bnsweep resume {where or 'RUN_DIR'}",
+                  file=sys.stderr)
+        else:
+            print("\ninterrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -4,7 +4,15 @@ On the terminal: one line per event (trial started/ended) plus a status line at 
 done / running / pruned / failed, best so far, ETA. ``quiet=True`` prints JSON lines instead
 (for scripts). When a trial ends without a result for every replicate (pruned by ASHA, or failed
 after its retries) the missing records are written from the last checkpoints, and the results
-table is rewritten, so a crash loses at most the epochs in flight.
+table is rewritten (at most every few seconds; always at the end), so a crash loses at most the
+epochs in flight.
+
+Crash safety: Ray Tune snapshots its experiment state (which trials exist, the searcher's state) only
+every 10 s or more. A trial that started after the last snapshot would be unknown to ``resume``: its
+configuration sampled again under a new id, its records orphaned. So when a trial starts, the monitor
+makes Ray write a snapshot at once (before the trial trains) and keeps a copy of it, written
+atomically, in ``ray/.bnsweep-backup`` for ``resume`` to fall back on should a kill tear Ray's own
+(non-atomic) copy.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+
+BACKUP_DIR = ".bnsweep-backup"  # inside RUN_DIR/ray
+TABLE_INTERVAL_S = 5.0  # rewrite the results table at most this often while trials end (always at the end)
 
 
 class SweepMonitor(Callback):
@@ -29,12 +40,23 @@ class SweepMonitor(Callback):
         self.best_value: float | None = None
         self.best_trial: str | None = None
         self.finished_flag = False
+        self._last_trials_ended = False
         self._last_status = 0.0
         self._durations: list[float] = []
         self._trial_start: dict[str, float] = {}
+        self._controller: Any = None  # Ray Tune's TuneController, found on the first trial start
+        self._warned: set[str] = set()
+        self._last_table = 0.0
+        self._table_interval = TABLE_INTERVAL_S
+        self._table_pending = False
+        self._restored_checked = False
+
+    def __getstate__(self) -> dict[str, Any]:  # the Tuner pickles its callbacks: not Ray's controller
+        return {**self.__dict__, "_controller": None}
 
     # ---------------------------------------------------------------- Ray Tune hooks
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._snapshot()  # before the trial trains: resume must know every trial that wrote anything
         self.running.add(trial.trial_id)
         self._trial_start[trial.trial_id] = time.time()
         self._emit("started", trial=trial.trial_id, config=_short(trial.config))
@@ -46,16 +68,43 @@ class SweepMonitor(Callback):
             self._status(trials)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        written = self._close(trial, "pruned", "stopped early by the scheduler")
-        self._ended(trial, "pruned" if written else "completed", trials)
+        self._close(trial, "pruned", _pruned_reason(trial))
+        self._ended(trial, self._recorded_status(trial, "completed"), trials)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._close(trial, "failed", "the trial raised (after its retries)")
-        self._ended(trial, "failed", trials)
+        self._close(trial, "failed", _error_reason(trial))
+        self._ended(trial, self._recorded_status(trial, "failed"), trials)
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self._table_pending and time.time() - self._last_table >= self._table_interval:
+            self._write_table()
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self._restored_checked:
+            return
+        self._restored_checked = True
+        # Trials restored as ended (resume): one that ended while no monitor listened (the driver was
+        # killed between Ray's record of the end and ours) gets its missing records now.
+        for t in trials:
+            if t.status in ("TERMINATED", "ERROR"):
+                if t.status == "TERMINATED":
+                    self._close(t, "pruned", _pruned_reason(t))
+                else:
+                    self._close(t, "failed", _error_reason(t))
+                self.ended[t.trial_id] = self._recorded_status(t, "completed" if t.status == "TERMINATED" else "failed")
+
+    def none_unfinished(self) -> bool:
+        """Every trial Ray knew of at the end was seen ending (nothing left running or pending)."""
+        return self._last_trials_ended
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        self.finished_flag = bool(trials) and all(t.status in ("TERMINATED", "ERROR") for t in trials) \
-            and len(trials) >= self.total
+        self._last_trials_ended = all(t.trial_id in self.ended for t in trials)
+        # Ray marks the trials it stops on the way out (Ctrl-C) TERMINATED too: only trials seen ending
+        # (or restored as ended) count as ended.
+        self.finished_flag = bool(trials) and len(trials) >= self.total \
+            and all(t.trial_id in self.ended for t in trials)
+        if self._table_pending:
+            self._write_table()
 
     # ---------------------------------------------------------------- helpers
     def _close(self, trial: Any, status: str, reason: str) -> int:
@@ -72,21 +121,81 @@ class SweepMonitor(Callback):
             self._emit("warning", message=f"could not record trial {trial.trial_id}: {e}")
             return 0
 
-    def _ended(self, trial: Any, status: str, trials: list[Any]) -> None:
-        from bnsweep.results import write_results_table
+    def _recorded_status(self, trial: Any, default: str) -> str:
+        """The trial's status as its replicates' records say (failed > diverged > pruned > completed)."""
+        statuses = set()
+        for i in range(self.replicates):
+            p = self.run_dir / "trials" / trial.trial_id / f"seed-{self.seed_base + i}" / "result.json"
+            try:
+                statuses.add(json.loads(p.read_text()).get("status"))
+            except (OSError, ValueError, AttributeError):
+                continue
+        for s in ("failed", "diverged", "pruned", "completed"):
+            if s in statuses:
+                return s
+        return default
 
+    def _ended(self, trial: Any, status: str, trials: list[Any]) -> None:
         self.running.discard(trial.trial_id)
         self.ended[trial.trial_id] = status
         if trial.trial_id in self._trial_start:
             self._durations.append(time.time() - self._trial_start.pop(trial.trial_id))
         last = trial.last_result or {}
         self._update_best(trial.trial_id, last.get(self.metric))
+        self._table_pending = True
+        if time.time() - self._last_table >= self._table_interval:
+            self._write_table()
+        self._emit(status, trial=trial.trial_id, epochs=last.get("epoch"), **{self.metric: last.get(self.metric)})
+        self._status(trials)
+
+    def _write_table(self) -> None:
+        """Rewrite the results table; spaced so that writing takes at most ~10% of the driver's time."""
+        from bnsweep.results import write_results_table
+
+        t0 = time.time()
         try:
             write_results_table(self.run_dir)
         except Exception as e:
             self._emit("warning", message=f"could not write the results table: {e}")
-        self._emit(status, trial=trial.trial_id, epochs=last.get("epoch"), **{self.metric: last.get(self.metric)})
-        self._status(trials)
+        self._last_table = time.time()
+        self._table_pending = False
+        self._table_interval = max(TABLE_INTERVAL_S, 10 * (self._last_table - t0))
+
+    # ---------------------------------------------------------------- Ray's experiment snapshots
+    def _snapshot(self) -> None:
+        """Make Ray Tune write its experiment state now (and wait for it), then back it up."""
+        c = self._controller or _tune_controller()
+        if c is None:
+            self._warn_once("snapshot", "cannot reach Ray Tune's controller to snapshot the experiment state; "
+                                        "a kill -9 in the next seconds may make resume sample a trial again")
+            return
+        self._controller = c
+        try:
+            c.checkpoint(force=True, wait=True)
+            self._backup(Path(c._storage.experiment_driver_staging_path), c.experiment_state_file_name)
+        except Exception as e:  # a snapshot that fails must not stop the sweep
+            self._warn_once("snapshot-failed", f"could not snapshot Ray's experiment state: {e}")
+
+    def _backup(self, staging: Path, state_name: str) -> None:
+        """Copy Ray's just-written state (its driver staging directory) into ray/.bnsweep-backup,
+        each file written then renamed."""
+        from bnsweep.rundir import atomic_write_bytes
+
+        backup = self.run_dir / "ray" / BACKUP_DIR
+        session = state_name.removeprefix("experiment_state-").removesuffix(".json")
+        names = [state_name] + [p.name for p in staging.glob(f"*{session}*") if p.name != state_name]
+        for name in names:  # the experiment state last: it names the session the others belong to
+            src = staging / name
+            if src.is_file() and name.endswith((".json", ".pkl")):
+                atomic_write_bytes(backup / name, src.read_bytes())
+        for old in backup.glob("*"):
+            if session not in old.name and not old.name.startswith("."):
+                old.unlink(missing_ok=True)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._emit("warning", message=message)
 
     def _update_best(self, trial_id: str, value: Any) -> None:
         if not isinstance(value, (int, float)) or value != value:
@@ -165,6 +274,46 @@ class SweepMonitor(Callback):
                              if v is not None)
             line = f"[{stamp}] {event:9s} {rest}"
         print(line, file=sys.stderr if event == "warning" else sys.stdout, flush=True)
+
+
+def _tune_controller() -> Any:
+    """The Ray Tune ``TuneController`` calling this callback (Ray hands callbacks no reference to it;
+    it is the ``self`` of a caller a few frames up)."""
+    f = sys._getframe(1)
+    for _ in range(12):
+        if f is None:
+            break
+        obj = f.f_locals.get("self")
+        if obj is not None and hasattr(obj, "_checkpoint_manager") and callable(getattr(obj, "checkpoint", None)) \
+                and hasattr(obj, "experiment_state_file_name"):
+            return obj
+        f = f.f_back
+    return None
+
+
+def _pruned_reason(trial: Any) -> str:
+    epoch = (trial.last_result or {}).get("epoch")
+    return "stopped early by the scheduler" + (f" after epoch {epoch}" if epoch else "")
+
+
+def _error_reason(trial: Any) -> str:
+    """Why Ray gave up on a trial whose worker left no failure record (e.g. the process was killed)."""
+    text = ""
+    try:
+        path = trial.error_file  # Ray's error.txt of the trial (every failure appended)
+    except Exception:
+        path = None
+    if path:
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    died = next((ln for ln in reversed(lines) if "died" in ln.lower() or "killed" in ln.lower()), None)
+    detail = died or next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "")
+    failures = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
+    what = f"the trial failed {failures} time(s), retries exhausted" if failures else "the trial failed"
+    return f"{what}: {detail[:300]}" if detail else what
 
 
 def _short(config: dict[str, Any]) -> str:

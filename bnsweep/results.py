@@ -253,7 +253,7 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def _atomic_write(path: Path, write: Any, *, pause_point: str | None = None) -> None:
     """``write(file_object)`` into a temporary sibling, fsync, rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
@@ -262,6 +262,10 @@ def _atomic_write(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if pause_point:
+            from bnsweep.rundir import pause_for_tests
+
+            pause_for_tests(pause_point)  # test-only kill point: written, not yet renamed
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -515,6 +519,38 @@ class _Replicate(typing.NamedTuple):
     path: Path
     record: dict[str, Any]  # result.json-shaped
     history: list[dict[str, Any]]
+    sig: tuple[int, int, int] | None = None  # result.json's (inode, size, mtime): finished replicates only
+
+
+# A finished replicate's record does not change once written (a rewrite changes its result.json's
+# inode/size/mtime), so its table row and hashes are kept between calls: the driver rewrites the table
+# as trials end without re-deriving every earlier row each time. Bounded (oldest entries dropped).
+_ROW_CACHE: dict[tuple[str, tuple[int, int, int], str], tuple[dict[str, Any], tuple[str | None, str | None]]] = {}
+_ROW_CACHE_MAX = 20_000
+
+
+def _file_sig(p: Path) -> tuple[int, int, int] | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _cached_row(r: _Replicate, run_dir: Path) -> tuple[dict[str, Any], tuple[str | None, str | None]]:
+    rel = r.path.relative_to(run_dir).as_posix()
+    key = (str(r.path), r.sig, rel) if r.sig is not None else None
+    if key is not None and key in _ROW_CACHE:
+        return _ROW_CACHE[key]
+    row = _row(r.record, trial_id=r.trial_id, seed=r.seed, rel=rel)
+    cfg = r.record.get("config") or {}
+    hashes = (row["config_hash"], row["group_hash"]) if cfg else (r.record.get("config_hash"), None)
+    if key is not None:
+        if len(_ROW_CACHE) >= _ROW_CACHE_MAX:
+            for old in list(_ROW_CACHE)[: _ROW_CACHE_MAX // 4]:
+                del _ROW_CACHE[old]
+        _ROW_CACHE[key] = (row, hashes)
+    return row, hashes
 
 
 def _sweep_meta(run_dir: Path) -> dict[str, Any]:
@@ -528,11 +564,12 @@ def _replicates(run_dir: Path) -> list[_Replicate]:
     pending: list[tuple[str, int, Path]] = []
     out: list[_Replicate] = []
     for trial_id, seed, sdir in _seed_dirs(run_dir):
-        done = _read_json(sdir / RESULT_FILE)
+        sig = _file_sig(sdir / RESULT_FILE)
+        done = _read_json(sdir / RESULT_FILE) if sig is not None else None
         if done is not None:
             finished[(trial_id, seed)] = done
             hist = [dict(h) if isinstance(h, Mapping) else {} for h in done.get("history") or []]
-            out.append(_Replicate(trial_id, seed, sdir, done, hist))
+            out.append(_Replicate(trial_id, seed, sdir, done, hist, sig))
         else:
             pending.append((trial_id, seed, sdir))
     for trial_id, seed, sdir in pending:
@@ -666,8 +703,11 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     with none of these files is absent. Reads only; sorted by trial_id, seed.
     """
     run_dir = Path(run_dir)
-    rows = [_row(r.record, trial_id=r.trial_id, seed=r.seed, rel=r.path.relative_to(run_dir).as_posix())
-            for r in _replicates(run_dir)]
+    return _results_frame(_replicates(run_dir), run_dir)
+
+
+def _results_frame(reps: list[_Replicate], run_dir: Path) -> pd.DataFrame:
+    rows = [_cached_row(r, run_dir)[0] for r in reps]
     df = _typed(pd.DataFrame(rows), COLUMNS)
     return df.sort_values(["trial_id", "seed"], kind="stable", ignore_index=True)
 
@@ -676,11 +716,15 @@ def load_history(run_dir: str | Path) -> pd.DataFrame:
     """One row per (trial_id, seed, epoch), finished and running replicates alike
     (columns and dtypes: ``HISTORY_COLUMNS``)."""
     run_dir = Path(run_dir)
+    return _history_frame(_replicates(run_dir), run_dir)
+
+
+def _history_frame(reps: list[_Replicate], run_dir: Path) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
-    for r in _replicates(run_dir):
+    for r in reps:
         cfg = r.record.get("config") or {}
-        chash = r.record.get("config_hash") or (_hashes(cfg)[0] if cfg else None)
-        ghash = _hashes(cfg)[1] if cfg else None
+        chash, ghash = _cached_row(r, run_dir)[1]
+        chash = r.record.get("config_hash") or chash
         base = {"sweep": r.record.get("sweep"), "trial_id": r.trial_id, "replicate": r.record.get("replicate"),
                 "seed": r.seed, "regime": cfg.get("regime"), "config_hash": chash, "group_hash": ghash,
                 "status": r.record.get("status")}
@@ -724,43 +768,10 @@ def write_results_table(run_dir: str | Path) -> pd.DataFrame:
     Returns the results table. Call it whenever a replicate ends (cheap: JSON files only)."""
     run_dir = Path(run_dir)
     _clean_stale_tmp(run_dir)
-    results, history = load_results(run_dir), load_history(run_dir)
+    reps = _replicates(run_dir)  # read once for both tables
+    results, history = _results_frame(reps, run_dir), _history_frame(reps, run_dir)
     for name, df in (("results", results), ("history", history)):
-        _atomic_write(run_dir / f"{name}.parquet", lambda f, df=df: df.to_parquet(f, index=False))
+        _atomic_write(run_dir / f"{name}.parquet", lambda f, df=df: df.to_parquet(f, index=False),
+                      pause_point="table-write")
         _atomic_write(run_dir / f"{name}.csv", lambda f, df=df: f.write(df.to_csv(index=False).encode()))
     return results
-
-
-def finalize_unfinished(run_dir: str | Path, trial_id: str, *, status: str = "pruned", reason: str = "",
-                        meta: Mapping[str, Any] | None = None) -> list[Path]:
-    """Write ``result.json`` for every replicate of ``trial_id`` that has a checkpoint (or a failure
-    record) but no result — e.g. when the scheduler stopped the trial (``pruned``) or the sweep gave
-    up on it (``failed``) — from its ``checkpoint/state.json`` and start record. No final weights are
-    written (the checkpoint stays). Returns the written paths; finished replicates are left alone."""
-    if status not in ("pruned", "failed", "diverged", "completed"):
-        raise ValueError(f"status: expected pruned, failed, diverged or completed, received {status!r}")
-    run_dir = Path(run_dir)
-    written = []
-    for r in _replicates(run_dir):
-        if r.trial_id != str(trial_id) or r.record.get("status") not in ("running", "failed") \
-                or (r.path / RESULT_FILE).exists():
-            continue
-        rec = dict(r.record)
-        sweep = _sweep_meta(run_dir)
-        m = {"sweep": rec.get("sweep") or sweep.get("name"), "spec_hash": rec.get("spec_hash"),
-             "git_commit": rec.get("git_commit"), "versions": rec.get("versions") or {},
-             "started_at": rec.get("started_at"), **dict(meta or {})}
-        cfg = _normalized(rec.get("config") or {})
-        body = {"config": cfg, "config_hash": rec.get("config_hash") or (_hashes(cfg)[0] if cfg else None),
-                "status": status, "reason": reason or rec.get("reason") or "",
-                "epochs_run": rec.get("epochs_run", 0), "final_val_accuracy": rec.get("final_val_accuracy"),
-                "best_val_accuracy": rec.get("best_val_accuracy"), "best_epoch": rec.get("best_epoch"),
-                "final_val_loss": rec.get("final_val_loss"), "test_accuracy": None, "test_loss": None,
-                "accounting": rec.get("accounting") or (_accounting(cfg) if cfg else {}), "gamma_near_zero": None,
-                "wall_seconds": rec.get("wall_seconds", 0.0), "images_per_sec": rec.get("images_per_sec"),
-                "accelerator": {}, "data": {}, "history": r.history}
-        replicate = rec.get("replicate")
-        written.append(save_trial_record(run_dir, trial_id=r.trial_id, seed=r.seed,
-                                         replicate=-1 if replicate is None else int(replicate),
-                                         result=body, meta=m))
-    return written

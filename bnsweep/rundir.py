@@ -38,11 +38,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write-then-rename (with fsync): readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``atomic_write_text`` for bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def git_commit(start: Path | None = None) -> str | None:
@@ -59,6 +78,8 @@ def git_commit(start: Path | None = None) -> str | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,37 +90,96 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """An exclusive lock file with stale-lock detection (dead pid on this host)."""
+    """An exclusive lock on a run directory, so two drivers never run one sweep.
+
+    ``flock`` on ``RUN_DIR/.lock``: the kernel drops it when the holder exits, however it exits
+    (``kill -9`` included), so a lock left by a dead driver is taken over at once; the holder's pid,
+    host and start time are written inside for the "in use" message. The file is removed on release.
+    Where the filesystem cannot ``flock`` (some network filesystems) the pid inside decides: a lock
+    naming a dead pid on this host is stale and taken over.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self.held = False
+        self._fd: int | None = None
 
     def holder(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.path.read_text())
+            info = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        return info if isinstance(info, dict) else None
 
     def is_stale(self, info: dict[str, Any] | None) -> bool:
+        """Whether the lock described by ``info`` no longer protects a live driver."""
         if info is None:
             return True
-        return info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1)))
+        if self._fd is None and self.path.exists() and _flock_supported(self.path):
+            return not _flock_held(self.path)
+        try:
+            pid = int(info.get("pid", -1))
+        except (TypeError, ValueError):
+            return True
+        return info.get("host") == socket.gethostname() and not _pid_alive(pid)
+
+    def is_held_elsewhere(self) -> bool:
+        """Whether another live driver holds the lock now (for ``status``)."""
+        if not self.path.exists():
+            return False
+        return not self.is_stale(self.holder())
+
+    def _busy(self, info: dict[str, Any] | None) -> RunDirError:
+        if info:
+            return RunDirError(f"{self.path.parent}: in use by another bnsweep (pid {info.get('pid')} on "
+                               f"{info.get('host')}, since {info.get('started')}); wait for it, or stop it first")
+        return RunDirError(f"{self.path.parent}: in use by another bnsweep")
 
     def acquire(self) -> None:
+        import errno
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._busy(self.holder()) from None
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                self._acquire_by_pid()
+                return
+            try:  # the file we locked must still be the lock file (a releaser may have removed it)
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": now_iso()}).encode())
+            self._fd, self.held = fd, True
+            return
+        raise RunDirError(f"{self.path}: could not take the lock")
+
+    def _acquire_by_pid(self) -> None:
+        """Fallback without ``flock``: create the file exclusively; take over a dead pid's lock."""
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 info = self.holder()
-                if self.is_stale(info):
+                pid_dead = info is None or (info.get("host") == socket.gethostname()
+                                            and not _pid_alive(int(info.get("pid", -1))))
+                if pid_dead:
                     self.path.unlink(missing_ok=True)  # left by a killed driver
                     continue
-                raise RunDirError(
-                    f"{self.path.parent}: in use by another bnsweep (pid {info.get('pid')} on "
-                    f"{info.get('host')}, since {info.get('started')}); wait for it, or stop it first"
-                    if info else f"{self.path.parent}: in use by another bnsweep") from None
+                raise self._busy(info) from None
             with os.fdopen(fd, "w") as f:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()}, f)
             self.held = True
@@ -107,9 +187,13 @@ class RunLock:
         raise RunDirError(f"{self.path}: could not take the lock")
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if not self.held:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked: the next taker re-checks the inode
+        if self._fd is not None:
+            os.close(self._fd)  # drops the flock
+            self._fd = None
+        self.held = False
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -117,6 +201,61 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _flock_supported(path: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _flock_held(path: Path) -> bool:
+    """Whether some process holds an exclusive ``flock`` on ``path`` (this one's other fds included)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# Test-only (tests/test_reliability.py): BNSWEEP_TEST_PAUSE_AT=<point> makes the driver stop at that
+# point of its work, write BNSWEEP_TEST_PAUSE_FILE and sleep, so a test can kill it exactly there.
+TEST_PAUSE_ENV = "BNSWEEP_TEST_PAUSE_AT"
+TEST_PAUSE_FILE_ENV = "BNSWEEP_TEST_PAUSE_FILE"
+
+
+def pause_for_tests(point: str) -> None:
+    """Test-only kill point (a no-op unless ``BNSWEEP_TEST_PAUSE_AT`` names ``point``)."""
+    if os.environ.get(TEST_PAUSE_ENV) != point:
+        return
+    import time
+
+    marker = os.environ.get(TEST_PAUSE_FILE_ENV)
+    if marker:
+        atomic_write_text(Path(marker), json.dumps({"point": point, "pid": os.getpid()}))
+    time.sleep(600)
 
 
 def seed_dir(run_dir: Path, trial_id: str, seed: int) -> Path:
@@ -129,6 +268,12 @@ def read_sweep_json(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"{run_dir}: not a bnsweep run directory (no sweep.json); "
                           "start one with `bnsweep launch SPEC`")
     try:
-        return json.loads(p.read_text())
-    except ValueError as e:
-        raise RunDirError(f"{p}: unreadable ({e}); the run directory is damaged") from None
+        info = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
+        raise RunDirError(f"{p}: unreadable ({type(e).__name__}: {e}); the run directory is damaged") from None
+    if not isinstance(info, dict):
+        raise RunDirError(f"{p}: expected a JSON object, found {type(info).__name__}; the run directory is damaged")
+    missing = [k for k in ("name", "spec_hash") if not isinstance(info.get(k), str)]
+    if missing:
+        raise RunDirError(f"{p}: {', '.join(missing)} missing; the run directory is damaged")
+    return info

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,35 +56,198 @@ def default_run_dir(spec: Any) -> Path:
 
 
 def launch(spec: Any, *, options: LaunchOptions, overrides: dict[str, Any] | None = None) -> Outcome:
-    """Run ``spec`` into a new run directory (refused if the directory already holds a sweep)."""
+    """Run ``spec`` into a new run directory (refused if the directory already holds a sweep).
+
+    The data, a given Optuna storage and Ray are checked and started before anything is written, so
+    bad input leaves no half-made run directory behind."""
     run_dir = Path(options.run_dir or default_run_dir(spec)).resolve()
-    if (run_dir / "sweep.json").exists():
-        info = json.loads((run_dir / "sweep.json").read_text())
-        raise RunDirError(
-            f"{run_dir}: already holds sweep {info.get('name')!r} (started {info.get('created')}); "
-            f"continue it with `bnsweep resume {_rel(run_dir)}`, or choose another --run-dir")
-    with RunLock(run_dir):
-        _write_run_files(run_dir, spec, overrides or {}, options)
-        return _run(run_dir, spec, options=options, restore=False)
+    _refuse_if_holds_sweep(run_dir)
+    created = not run_dir.exists()
+    try:
+        with RunLock(run_dir):
+            _refuse_if_holds_sweep(run_dir)  # again, now that no other driver can be writing it
+            storage_url = _storage_url(run_dir, options, spec)
+            if options.storage or spec.storage:
+                _check_storage(storage_url)
+            data = _load_fixed_data(spec)
+            return _run(run_dir, spec, options=options, restore=False, data=data,
+                        before_tuner=lambda: _write_run_files(run_dir, spec, overrides or {}, options))
+    finally:
+        if created and not (run_dir / "sweep.json").exists():
+            _remove_if_empty(run_dir)
 
 
 def resume(run_dir: Path, *, options: LaunchOptions) -> Outcome:
-    """Continue the sweep in ``run_dir`` with the spec saved there."""
-    from bnsweep.spec import load_spec
+    """Continue the sweep in ``run_dir`` with the spec saved there.
+
+    The run directory is checked first; what is missing or damaged is named (``RunDirError``)."""
+    from bnsweep.spec import SpecError, load_spec
 
     run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
     info = read_sweep_json(run_dir)
     spec_file = run_dir / "spec.yaml"
     with RunLock(run_dir):
         if not spec_file.is_file():
-            raise RunDirError(f"{run_dir}: spec.yaml is missing; the run directory is damaged")
-        spec = load_spec(spec_file)
+            raise RunDirError(f"{spec_file}: missing; the run directory is damaged (the sweep's spec is gone)")
+        try:
+            spec = load_spec(spec_file)
+        except SpecError as e:
+            first = str(e.problems[0]) if e.problems else str(e)
+            raise RunDirError(f"{spec_file}: no longer a valid spec ({first}); it was edited or damaged since the "
+                              "sweep started: restore it, or launch anew") from None
         if spec.spec_hash() != info.get("spec_hash"):
             raise RunDirError(f"{spec_file}: changed since the sweep started (spec hash {spec.spec_hash()}, "
                               f"the sweep was started with {info.get('spec_hash')}); restore it or launch anew")
-        options = dataclasses.replace(options, storage=options.storage or info.get("storage"))
-        restore = (run_dir / "ray" / "tuner.pkl").exists()
+        options = dataclasses.replace(options, storage=_resume_storage(run_dir, options, info))
+        if options.storage:
+            _check_storage(options.storage)
+        restore = _check_ray_state(run_dir)
+        _check_optuna_storage(run_dir, _storage_url(run_dir, options, spec))
         return _run(run_dir, spec, options=options, restore=restore)
+
+
+def _refuse_if_holds_sweep(run_dir: Path) -> None:
+    if not (run_dir / "sweep.json").exists():
+        return
+    try:
+        info = json.loads((run_dir / "sweep.json").read_text())
+        what = f"sweep {info.get('name')!r} (started {info.get('created')})"
+    except (OSError, ValueError, AttributeError):
+        what = "a sweep"
+    raise RunDirError(f"{run_dir}: already holds {what}; continue it with `bnsweep resume {_rel(run_dir)}`, "
+                      "or choose another --run-dir")
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
+
+
+def _load_fixed_data(spec: Any) -> Any:
+    """The sweep's data, loaded once (None when trials search over data settings: each loads its own)."""
+    from bnsweep.config import TrialConfig
+    from bnsweep.data import load_data
+
+    if not _data_is_fixed(spec):
+        return None
+    return load_data(TrialConfig.from_dict(spec.base_trial_config()).data)
+
+
+def _check_storage(url: str) -> None:
+    """Open a user-given Optuna storage URL now (a clear error instead of a failure after Ray started)."""
+    import optuna
+
+    shown = _redact_url(url)
+    try:
+        from sqlalchemy.engine import make_url
+
+        make_url(url)
+    except Exception as e:
+        raise RunDirError(f"--storage {shown}: not a database URL ({type(e).__name__}); "
+                          "expected e.g. sqlite:///optuna.db or postgresql://user@host/db") from None
+    try:
+        optuna.storages.RDBStorage(url, skip_table_creation=False)
+    except Exception as e:
+        msg = _redact_url(str(e)).splitlines()[0][:300] if str(e) else ""
+        raise RunDirError(f"--storage {shown}: cannot open the Optuna storage ({type(e).__name__}: {msg})") from None
+
+
+def _resume_storage(run_dir: Path, options: LaunchOptions, info: dict[str, Any]) -> str | None:
+    saved = info.get("storage")
+    if options.storage:
+        if saved and _redact_url(options.storage) != saved:
+            raise RunDirError(f"--storage {_redact_url(options.storage)}: not this sweep's Optuna storage ({saved})")
+        return options.storage
+    if saved and "***@" in saved:
+        raise RunDirError(f"{run_dir}: the sweep's Optuna study is in {saved}, whose password is not kept in the "
+                          "run directory; pass the full URL again with --storage")
+    return saved
+
+
+def _check_optuna_storage(run_dir: Path, url: str) -> None:
+    """The default SQLite study must be readable (a damaged optuna.db is named, not a traceback)."""
+    import sqlite3
+
+    if not url.startswith("sqlite:///"):
+        return
+    db = Path(url.removeprefix("sqlite:///"))
+    if not db.exists():
+        return
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            ok = con.execute("PRAGMA quick_check").fetchone()
+            con.execute("SELECT count(*) FROM trials").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise RunDirError(f"{db}: the Optuna study cannot be read ({e}); the run directory is damaged") from None
+    if not ok or ok[0] != "ok":
+        raise RunDirError(f"{db}: the Optuna study is corrupt ({ok[0] if ok else 'no answer'}); "
+                          "the run directory is damaged")
+
+
+def _check_ray_state(run_dir: Path) -> bool:
+    """Whether Ray Tune's state in RUN_DIR/ray can restore the sweep (True), or nothing has run yet and
+    the sweep starts afresh (False). A snapshot torn by a kill is replaced by the last atomic backup
+    (progress.py); what cannot be repaired is named (``RunDirError``)."""
+    from bnsweep.progress import BACKUP_DIR
+
+    ray_dir = run_dir / "ray"
+    trials_ran = any((run_dir / "trials").glob("*/seed-*"))
+    backup = ray_dir / BACKUP_DIR
+    tuner = ray_dir / "tuner.pkl"
+    if not tuner.is_file() or tuner.stat().st_size == 0:
+        if trials_ran:
+            raise RunDirError(f"{tuner}: missing, but trials have run; Ray Tune's state of this sweep is lost "
+                              "and it cannot continue. Its results so far are in results.csv; launch anew with "
+                              "another --run-dir")
+        return False
+    if _ray_snapshot_ok(ray_dir):
+        return True
+    if _ray_snapshot_ok(backup):
+        torn = ray_dir / ".bnsweep-torn"
+        for p in _snapshot_files(ray_dir):
+            torn.mkdir(exist_ok=True)
+            os.replace(p, torn / p.name)
+        for p in _snapshot_files(backup):
+            shutil.copyfile(p, ray_dir / f".{p.name}.tmp")
+            os.replace(ray_dir / f".{p.name}.tmp", ray_dir / p.name)
+        print(f"note: {ray_dir}: Ray's last experiment snapshot was torn by the crash; restored the copy "
+              f"saved at the last trial start (moved the torn files to {torn.name}/)", file=sys.stderr)
+        return True
+    if not trials_ran and not any(ray_dir.glob("experiment_state-*.json")):
+        return False  # killed before Ray's first snapshot: nothing ran
+    raise RunDirError(f"{ray_dir}: Ray Tune's experiment state is unreadable (torn or corrupt) and there is no "
+                      "usable backup; this sweep cannot continue. Its results so far are in results.csv")
+
+
+def _snapshot_files(d: Path) -> list[Path]:
+    return [p for p in d.glob("*") if p.is_file() and p.name.startswith(("experiment_state-", "search_gen_state-",
+                                                                        "searcher-state-"))]
+
+
+def _ray_snapshot_ok(d: Path) -> bool:
+    """Whether the newest experiment snapshot in ``d`` and its searcher files are complete."""
+    states = sorted(d.glob("experiment_state-*.json"))
+    if not states:
+        return False
+    newest = states[-1]
+    session = newest.name.removeprefix("experiment_state-").removesuffix(".json")
+    try:
+        state = json.loads(newest.read_text())
+        if not isinstance(state, dict) or "trial_data" not in state or "runner_data" not in state:
+            return False
+        # the searcher's state (search_gen_state-*.json is a pickle too, despite its name)
+        for p in [*d.glob(f"search_gen_state-{session}.json"), *d.glob(f"searcher-state-{session}.pkl")]:
+            blob = p.read_bytes()
+            if not blob.endswith(b"."):  # a pickle ends with its STOP opcode; a torn one does not
+                return False
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 # ------------------------------------------------------------------ internals
@@ -135,6 +299,23 @@ def _threads(spec: Any) -> int:
     return max(1, math.floor(spec.resources.cpu))
 
 
+def _cpus_per_trial(spec: Any, options: LaunchOptions, configurations: int) -> float:
+    """``resources.cpu`` of the spec (or ``--cpus-per-trial``) when set; when it is unset (``None``)
+    on a local Ray, ``accelerators.default_cpus_per_trial``: the CPUs shared out over the trials
+    that can run at once (one trial per core first, measured faster: bench/packing.py)."""
+    cpu = getattr(spec.resources, "cpu", None)
+    if cpu is not None:
+        return cpu
+    if options.address:  # a cluster: per-node CPUs are unknown here; one CPU per trial
+        return 1
+    import ray
+
+    from bnsweep.accelerators import default_cpus_per_trial
+
+    total = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else (options.num_cpus or os.cpu_count() or 1)
+    return default_cpus_per_trial(total, concurrent=min(spec.max_concurrent, max(1, configurations)))
+
+
 def _data_is_fixed(spec: Any) -> bool:
     return not any(k == "data" or k.startswith("data.") for k in spec.parameters)
 
@@ -153,7 +334,12 @@ def _ray_env(run_dir: Path, spec: Any) -> dict[str, str]:
         "WANDB_DATA_DIR": str(run_dir / ".cache" / "wandb-data"),
         "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
     }
-    for key in ("BNSWEEP_DATA", "BNSWEEP_CACHE", "WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+    # WANDB_API_KEY is never put here: Ray keeps the runtime env in its job table, which the dashboard
+    # shows and its logs print. A local Ray's workers inherit it from this process's environment; on a
+    # cluster (--address), set it (or `wandb login`) on the nodes.
+    from bnsweep.worker import TEST_FAULTS_ENV
+
+    for key in ("BNSWEEP_DATA", "BNSWEEP_CACHE", "WANDB_MODE", "WANDB_BASE_URL", TEST_FAULTS_ENV):
         if key in os.environ:
             env[key] = os.environ[key]
     if "WANDB_API_KEY" not in os.environ:
@@ -170,16 +356,60 @@ def _start_ray(run_dir: Path, spec: Any, options: LaunchOptions, data_bytes: int
     os.environ.update({k: v for k, v in env.items() if k.startswith("WANDB_")})
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
                               "logging_level": "ERROR", "configure_logging": True}
-    if options.address:
-        ctx = ray.init(address=options.address, **kwargs)
-    else:
-        ctx = ray.init(
-            num_cpus=options.num_cpus, num_gpus=options.num_gpus,
-            include_dashboard=options.dashboard, dashboard_host=options.dashboard_host,
-            dashboard_port=options.dashboard_port,
-            object_store_memory=max(100 << 20, 2 * data_bytes + (64 << 20)),  # data once + headroom
-            **kwargs)
+    try:
+        if options.address:
+            ctx = ray.init(address=options.address, **kwargs)
+        else:
+            ctx = ray.init(
+                num_cpus=options.num_cpus, num_gpus=options.num_gpus,
+                include_dashboard=options.dashboard, dashboard_host=options.dashboard_host,
+                dashboard_port=_dashboard_port(options),
+                object_store_memory=max(100 << 20, 2 * data_bytes + (64 << 20)),  # data once + headroom
+                **kwargs)
+    except (ConnectionError, ValueError, TimeoutError, RuntimeError) as e:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        where = f"--address {options.address}" if options.address else "the local Ray"
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise RunDirError(f"{where}: Ray did not start ({type(e).__name__}: {first})") from None
     return getattr(ctx, "dashboard_url", None) or None
+
+
+def _dashboard_port(options: LaunchOptions) -> int:
+    """The requested dashboard port, or a free one if it is taken (another sweep's Ray on this machine):
+    Ray would otherwise log an error and run without its dashboard (or, with --no-dashboard, still log
+    the error: its API server starts anyway)."""
+    import socket
+
+    host = options.dashboard_host if options.dashboard else "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        try:
+            s.bind((host, options.dashboard_port))
+            return options.dashboard_port
+        except OSError:
+            pass
+    try:
+        with socket.socket(family) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    except OSError:  # not an address of this machine: let Ray say so
+        return options.dashboard_port
+    if options.dashboard:
+        print(f"note: port {options.dashboard_port} is taken (another Ray?); the dashboard uses {port}",
+              file=sys.stderr)
+    return port
+
+
+def _keep_credentials_out_of_ray_logs() -> None:
+    """Ray Tune copies AWS credentials from the driver's environment into every trial actor's runtime env,
+    which Ray's runtime-env agent then writes, in clear, to its log. A local Ray's workers inherit this
+    process's environment anyway, so the copy only leaks them: stop it."""
+    with contextlib.suppress(Exception):
+        from ray.tune.execution import class_cache
+
+        class_cache.ENV_VARS_TO_PROPAGATE.difference_update(
+            {k for k in class_cache.ENV_VARS_TO_PROPAGATE if k.startswith("AWS_")})
 
 
 def _make_search(spec: Any, storage_url: str) -> tuple[Any, int]:
@@ -194,7 +424,8 @@ def _make_search(spec: Any, storage_url: str) -> tuple[Any, int]:
 
     searcher = ResumableOptunaSearch(
         space=DefineByRun(spec), metric=spec.metric.name, mode=spec.metric.mode,
-        sampler=make_sampler(spec), storage=storage, study_name=STUDY_NAME)
+        sampler=make_sampler(spec), storage=storage, study_name=STUDY_NAME,
+        max_configurations=count_configurations(spec))
     return searcher, count_configurations(spec)
 
 
@@ -229,71 +460,111 @@ def _make_scheduler(spec: Any) -> Any:
     return FIFOScheduler()
 
 
-def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool) -> Outcome:
+_UNLOADED: Any = object()
+
+
+def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, data: Any = _UNLOADED,
+         before_tuner: Any = None) -> Outcome:
+    """Start Ray, build the search and run (or restore) the Tuner. ``before_tuner`` (launch: write the
+    run files) is called once the data, the storage and Ray are ready, so bad input leaves no run files."""
     import ray
     from ray import tune
 
-    from bnsweep.config import DataConfig, TrialConfig
-    from bnsweep.data import load_data
     from bnsweep.progress import SweepMonitor
+    from bnsweep.rundir import pause_for_tests
     from bnsweep.searchers import trial_dirname
     from bnsweep.worker import train_configuration
 
-    info = read_sweep_json(run_dir)
-    base = TrialConfig.from_dict(spec.base_trial_config()) if _data_is_fixed(spec) else None
-    data = load_data(base.data if base else DataConfig()) if base else None  # once per sweep
+    if data is _UNLOADED:
+        data = _load_fixed_data(spec)  # once per sweep (None: trials search over data settings)
     data_bytes = 0 if data is None else sum(a.nbytes for a in (data.x_train, data.x_val, data.x_test) if a is not None)
     storage_url = _storage_url(run_dir, options, spec)
-    searcher, n = _make_search(spec, storage_url)
-    meta = {
-        "run_dir": str(run_dir), "sweep": spec.name, "spec_hash": info["spec_hash"],
-        "git_commit": info.get("git_commit"), "versions": info.get("versions", {}),
-        "replicates": spec.replicates, "seed_base": spec.seed, "threads": _threads(spec),
-        "tracking": dict(spec.tracking),
-    }
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress display instead of Ray's tables
+    # a failed trial is reported on one line by the monitor (its traceback is in the run directory's
+    # failure.json and Ray's error.txt), not as a traceback on the terminal
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     started_here = not ray.is_initialized()
     dashboard = _start_ray(run_dir, spec, options, data_bytes)
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    if spec.resources.tpu:
-        resources["TPU"] = spec.resources.tpu
-    trainable = tune.with_resources(tune.with_parameters(train_configuration, meta=meta, data=data), resources)
-    monitor = SweepMonitor(run_dir=run_dir, total=n, replicates=spec.replicates, metric=spec.metric.name,
-                           mode=spec.metric.mode, quiet=options.quiet, seed_base=spec.seed)
-    monitor.announce(spec=spec, dashboard=dashboard, restored=restore)
+    if started_here and not options.address:
+        _keep_credentials_out_of_ray_logs()
+    monitor: Any = None
+    table = None
     try:
-        if restore:
-            tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True, restart_errored=False)
-            # callbacks are not part of the restored state: re-attach ours
-            tuner._local_tuner._run_config.callbacks = [monitor]
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    metric=spec.metric.name, mode=spec.metric.mode, search_alg=searcher,
-                    scheduler=_make_scheduler(spec), num_samples=n, max_concurrent_trials=spec.max_concurrent,
-                    reuse_actors=True,  # a worker keeps TF/JAX imported between trials
-                    trial_dirname_creator=trial_dirname),
-                run_config=tune.RunConfig(
-                    name="ray", storage_path=str(run_dir), verbose=0, callbacks=[monitor],
-                    failure_config=tune.FailureConfig(max_failures=spec.retries)),
-            )
-        tuner.fit()
-    finally:
-        from bnsweep.results import write_results_table
+        searcher, n = _make_search(spec, storage_url)
+        if before_tuner is not None:
+            before_tuner()
+        info = read_sweep_json(run_dir)
+        cpus = _cpus_per_trial(spec, options, n)  # packing: explicit resources.cpu wins
+        meta = {
+            "run_dir": str(run_dir), "sweep": spec.name, "spec_hash": info["spec_hash"],
+            "git_commit": info.get("git_commit"), "versions": info.get("versions", {}),
+            "replicates": spec.replicates, "seed_base": spec.seed, "threads": max(1, math.floor(cpus)),
+            "tracking": dict(spec.tracking),
+        }
+        resources = {"cpu": cpus, "gpu": spec.resources.gpu}
+        if spec.resources.tpu:
+            resources["TPU"] = spec.resources.tpu
+        trainable = tune.with_resources(tune.with_parameters(train_configuration, meta=meta, data=data), resources)
+        monitor = SweepMonitor(run_dir=run_dir, total=n, replicates=spec.replicates, metric=spec.metric.name,
+                               mode=spec.metric.mode, quiet=options.quiet, seed_base=spec.seed)
+        monitor.announce(spec=spec, dashboard=dashboard, restored=restore)
+        try:
+            if restore:
+                try:
+                    tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=trainable, resume_unfinished=True,
+                                               resume_errored=True, restart_errored=False)
+                except Exception as e:
+                    raise RunDirError(f"{run_dir / 'ray'}: Ray Tune's saved state cannot be restored "
+                                      f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+                                      "the run directory is damaged") from None
+                # callbacks are not part of the restored state: re-attach ours
+                tuner._local_tuner._run_config.callbacks = [monitor]
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        metric=spec.metric.name, mode=spec.metric.mode, search_alg=searcher,
+                        scheduler=_make_scheduler(spec), num_samples=n, max_concurrent_trials=spec.max_concurrent,
+                        reuse_actors=True,  # a worker keeps TF/JAX imported between trials
+                        trial_dirname_creator=trial_dirname),
+                    run_config=tune.RunConfig(
+                        name="ray", storage_path=str(run_dir), verbose=0, callbacks=[monitor],
+                        failure_config=tune.FailureConfig(max_failures=spec.retries)),
+                )
+            tuner.fit()
+            pause_for_tests("sweep-end")
+        finally:
+            from bnsweep.results import write_results_table
 
-        write_results_table(run_dir)
+            try:
+                table = write_results_table(run_dir)
+            except Exception as e:  # never hide the exception that brought us here
+                print(f"warning: could not write the results table: {e}", file=sys.stderr)
+    finally:
         if started_here:
             ray.shutdown()
         _cleanup_ray_staging()
-    finished = monitor.all_ended()
+    finished = monitor.all_ended() or (monitor.none_unfinished()
+                                       and _ended_configurations(storage_url) >= monitor.total)
     if finished:
         _fail_stale_optuna_trials(storage_url)
         _log_summary(run_dir, spec)
-    outcome = Outcome(run_dir=run_dir, finished=finished, counts=monitor.counts(), best=monitor.best())
+    counts = _counts(table, total=n) if table is not None else monitor.counts()
+    outcome = Outcome(run_dir=run_dir, finished=finished, counts=counts, best=monitor.best())
     monitor.close(outcome)
     return outcome
+
+
+def _counts(table: Any, *, total: int) -> dict[str, int]:
+    """Configurations by status, from the results table (this session's events miss earlier ones)."""
+    c = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0, "running": 0}
+    if len(table):
+        for _, statuses in table.groupby("trial_id")["status"]:
+            got = set(statuses.dropna())
+            status = next((s for s in ("running", "failed", "diverged", "pruned") if s in got), "completed")
+            c[status] += 1
+    c["total"] = total
+    return c
 
 
 def _log_summary(run_dir: Path, spec: Any) -> None:
@@ -306,6 +577,17 @@ def _log_summary(run_dir: Path, spec: Any) -> None:
     plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
     log_sweep_summary(tracking=tracking, run_dir=run_dir, sweep=spec.name, table_paths=tables, plot_paths=plots,
                       config=dict(spec.raw))
+
+
+def _ended_configurations(storage_url: str) -> int:
+    """Ended configurations per the Optuna study: after a resume these include trials that ended
+    after Ray's last snapshot (kept on disk, unknown to the restored Ray)."""
+    from bnsweep.searchers import ended_configurations
+
+    try:
+        return ended_configurations(storage_url, STUDY_NAME)
+    except Exception:
+        return 0
 
 
 def _fail_stale_optuna_trials(storage_url: str) -> int:
@@ -370,9 +652,12 @@ def close_unfinished_replicates(run_dir: Path, trial_id: str, resolved: dict[str
             wall_seconds=sum(m.seconds for m in history),
             images_per_sec=(sum(m.images_per_sec for m in history) / len(history)) if history else None,
             history=history)
+        started_at = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            started_at = json.loads((d / "started.json").read_text()).get("started_at")
         save_trial_record(run_dir, trial_id=trial_id, seed=seed, replicate=i, result=result, net=None,
                           meta={k: info.get(k) for k in ("spec_hash", "git_commit", "versions")}
-                          | {"sweep": info.get("name"), "started_at": None})
+                          | {"sweep": info.get("name"), "started_at": started_at})
         written += 1
     return written
 

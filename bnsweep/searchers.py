@@ -6,20 +6,49 @@ import contextlib
 from typing import Any
 
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class ResumableOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that survives ``kill -9`` + resume.
 
-    The Optuna study (SQLite, written at once) can be ahead of Ray's last experiment snapshot: a
-    trial Optuna already closed is then run again by Ray, and its reports must be dropped instead of
-    failing the driver with ``UpdateFinishedTrialError``.
+    The Optuna study (SQLite, written at once) can be ahead of Ray's last experiment snapshot:
+    - a trial Optuna already closed may be run again by Ray: its reports are dropped instead of
+      failing the driver with ``UpdateFinishedTrialError``;
+    - a trial that ended after the snapshot is unknown to the restored Ray: the sweep's budget of
+      ``max_configurations`` counts the study's ended trials, so it is not replaced by an extra one.
     """
+
+    def __init__(self, *args: Any, max_configurations: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_configurations = max_configurations
+
+    def ended_in_study(self) -> int:
+        return sum(t.state in ENDED for t in self._ot_study.get_trials(deepcopy=False))
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        cap = getattr(self, "_max_configurations", None)  # absent in searchers pickled by older versions
+        if cap is not None and trial_id not in self._ot_trials:
+            live = sum(tid not in self._completed_trials for tid in self._ot_trials)
+            if self.ended_in_study() + live >= cap:
+                return Searcher.FINISHED
+        return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         with contextlib.suppress(UpdateFinishedTrialError):
             super().on_trial_result(trial_id, result)
+
+
+def ended_configurations(storage_url: str, study_name: str) -> int:
+    """Configurations of the sweep that ended (completed, pruned or failed), from the Optuna study."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    return sum(t.state in ENDED for t in study.get_trials(deepcopy=False))
 
 
 def trial_dirname(trial: Any) -> str:

@@ -87,6 +87,7 @@ class TrialRun:
         import keras
 
         from bnsweep.data import make_preprocess
+        from bnsweep.fastbn import use_fast_batchnorm
         from bnsweep.models import build_resnet
         from bnsweep.regimes import account, apply_regime
         from bnsweep.schedules import make_optimizer
@@ -99,6 +100,7 @@ class TrialRun:
         # ---- the recipe (defaults: the paper / open_lth CIFAR ResNet) ----------------------
         with accelerators.distribution_scope(cfg.strategy):  # TPU / multi-GPU: build inside
             self.net = build_resnet(cfg.model, seed=cfg.seed)  # Kaiming-normal, γ ~ U[0,1) or 1
+            use_fast_batchnorm(self.net)  # same BN, fused kernels: ~1.5× faster steps on TF/CPU (fastbn.py)
             self.applied = apply_regime(self.net, cfg.model, cfg.regime, seed=cfg.seed)  # per variable
             preprocess = make_preprocess(mean=self.data.mean, std=self.data.std, augment=cfg.data.augment,
                                          normalize=cfg.data.normalize, seed=cfg.seed)  # on device
@@ -121,6 +123,9 @@ class TrialRun:
         if self.applied.trainable_scalars != self.accounting["trainable"]:
             raise AssertionError(f"regime {cfg.regime}: model trains {self.applied.trainable_scalars} "
                                  f"scalars, accounting says {self.accounting['trainable']}")
+        # TensorFlow without a strategy: feed batches ourselves (_train_batches); JAX's fit feeds NumPy
+        # batches without tf.data, and TPU/multi-GPU strategies need fit's steps_per_execution loop.
+        self._feed_batches = keras.backend.backend() == "tensorflow" and cfg.strategy == "none"
         self.history: list[EpochMetrics] = []
         self.epoch = 0
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -139,13 +144,16 @@ class TrialRun:
         order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(d.y_train))
         take = self.steps_per_epoch * cfg.batch_size
         order = order[:take]
-        h = self.model.fit(
-            d.x_train[order], d.y_train[order], batch_size=cfg.batch_size, epochs=1, shuffle=False,
-            steps_per_epoch=self.steps_per_epoch if cfg.steps_per_epoch else None,
-            callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
+        if self._feed_batches:
+            train_loss, train_acc = self._train_batches(order)
+        else:
+            h = self.model.fit(
+                d.x_train[order], d.y_train[order], batch_size=cfg.batch_size, epochs=1, shuffle=False,
+                steps_per_epoch=self.steps_per_epoch if cfg.steps_per_epoch else None,
+                callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
+            train_loss = float(h.history["loss"][-1])
+            train_acc = float(h.history["accuracy"][-1])
         fit_seconds = time.perf_counter() - t0
-        train_loss = float(h.history["loss"][-1])
-        train_acc = float(h.history["accuracy"][-1])
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {self.epoch + 1} (lr {lr:.3g})")
         val_loss, val_acc = self._evaluate(d.x_val, d.y_val)
@@ -158,11 +166,41 @@ class TrialRun:
             self._save()
         return m
 
+    def _train_batches(self, order: np.ndarray) -> tuple[float, float]:
+        """One epoch as one ``train_on_batch`` per batch (TensorFlow without a distribution strategy).
+
+        ``fit`` on TensorFlow wraps the arrays in a new ``tf.data`` pipeline per call, and tearing that
+        pipeline down stalled for ~1 s at the end of about half the epochs (plus ~40 ms to build it):
+        10–40% of a short epoch (bench/README.md, "data feeding"). Loss and accuracy are the
+        batch-size-weighted means over the epoch, as ``fit`` reports them; a non-finite loss ends the
+        epoch at once (``TerminateOnNaN``).
+        """
+        x, y, bs = self.data.x_train, self.data.y_train, self.config.batch_size
+        n = 0
+        loss = acc = 0.0
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            logs = self.model.train_on_batch(x[idx], y[idx], return_dict=True)
+            n += len(idx)
+            loss += float(logs["loss"]) * len(idx)
+            acc += float(logs["accuracy"]) * len(idx)
+            if not math.isfinite(float(logs["loss"])):
+                return float(logs["loss"]), acc / n
+        return loss / n, acc / n
+
     def _evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         if len(y) == 0:
             return float("nan"), float("nan")
-        out = self.model.evaluate(x, y, batch_size=max(self.config.batch_size, 256), verbose=0,
-                                  return_dict=True)
+        bs = max(self.config.batch_size, 256)
+        if self._feed_batches:  # see _train_batches
+            loss = acc = 0.0
+            for i in range(0, len(y), bs):
+                out = self.model.test_on_batch(x[i:i + bs], y[i:i + bs], return_dict=True)
+                k = len(y[i:i + bs])
+                loss += float(out["loss"]) * k
+                acc += float(out["accuracy"]) * k
+            return loss / len(y), acc / len(y)
+        out = self.model.evaluate(x, y, batch_size=bs, verbose=0, return_dict=True)
         return float(out["loss"]), float(out["accuracy"])
 
     def finish(self, status: Status = "completed", reason: str = "") -> TrialResult:
@@ -257,9 +295,17 @@ def run(config: TrialConfig | dict[str, Any], *, report: Report | None = None, d
 
 
 def _jit(cfg: TrialConfig) -> bool:
+    """``jit_compile: auto``: XLA on JAX (its only compiled path), never on TensorFlow, whatever the regime.
+
+    Measured on the 2-core CPU (bench/regimes.py, bench/RESULTS.md): with bnsweep's fused BN,
+    TF+XLA trained ResNet-20 at 0.35× (all) and 0.76× (bn) the images/s of TF without XLA — XLA's CPU
+    convolutions, above all the weight gradients, are slower than oneDNN's. (With Keras' stock BN,
+    XLA made BN-only ~1.07× faster by fusing BN's element-wise passes; the fused BN kernel does that
+    better.) GPU/TPU trials run on JAX or under a TPU strategy, where XLA is the compiler anyway.
+    """
     if cfg.jit_compile != "auto":
         return bool(cfg.jit_compile)
-    return cfg.backend == "jax"  # TF on CPU: XLA measured slower for full training (DESIGN.md)
+    return cfg.backend == "jax"
 
 
 def _cpus() -> int:

@@ -20,6 +20,13 @@ from bnsweep.rundir import atomic_write_text, now_iso, seed_dir
 # Reported for a replicate that diverged before any finite validation result.
 DIVERGED_METRIC = {"val_accuracy": 0.0, "train_accuracy": 0.0, "val_loss": 1e3, "train_loss": 1e3}
 
+# Test-only fault injection (tests/test_reliability.py); never set it otherwise. It names a JSON file:
+# {"log": "events.jsonl",                     # one line per replicate epoch: trial, seed, epoch, pid, lr
+#  "faults": [{"lr": 0.05, "epoch": 2,         # before that epoch of the trials with that lr (epoch
+#              "sleep": 3.0,                   #   omitted: every epoch): wait (time to kill the worker),
+#              "raise": "MemoryError"}]}       #   then raise MemoryError or RuntimeError
+TEST_FAULTS_ENV = "BNSWEEP_TEST_FAULTS"
+
 
 def replicate_seeds(meta: dict[str, Any]) -> list[int]:
     return [int(meta["seed_base"]) + i for i in range(int(meta["replicates"]))]
@@ -39,7 +46,8 @@ def train_configuration(config: dict[str, Any], *, meta: dict[str, Any], data: A
     run_dir = Path(meta["run_dir"])
     try:
         _train(config, meta=meta, data=data, trial_id=trial_id, run_dir=run_dir)
-    except BaseException as e:  # recorded for the result table; Ray retries or marks the trial failed
+    except Exception as e:  # recorded for the results table; Ray retries or marks the trial failed
+        # (MemoryError included; not KeyboardInterrupt/SystemExit: a Ctrl-C or a stop is no trial failure)
         for seed in replicate_seeds(meta):
             d = seed_dir(run_dir, trial_id, seed)
             if not (d / "result.json").exists():
@@ -95,6 +103,7 @@ def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id:
     while runs:
         for seed in list(runs):
             run = runs[seed]
+            _test_faults(run, trial_id=trial_id, seed=seed)
             try:
                 m = run.train_epoch()
             except Diverged as e:
@@ -108,6 +117,35 @@ def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id:
         reported = True
     if not reported:  # every replicate had finished before a restart: tell Tune (and Optuna) once more
         tune.report(_mean_report(latest, epoch=_epochs(resolved)))
+
+
+def _test_faults(run: Any, *, trial_id: str, seed: int) -> None:
+    """Test-only: log, delay or fail the next epoch as ``$BNSWEEP_TEST_FAULTS`` asks (see the top)."""
+    import os
+
+    path = os.environ.get(TEST_FAULTS_ENV)
+    if not path:
+        return
+    import time
+
+    try:
+        plan = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return
+    epoch = run.epoch + 1
+    if plan.get("log"):
+        line = json.dumps({"trial_id": trial_id, "seed": seed, "epoch": epoch, "pid": os.getpid(),
+                           "lr": run.config.lr, "time": time.time()})
+        with open(plan["log"], "a") as f:
+            f.write(line + "\n")
+    for fault in plan.get("faults", []):
+        if fault.get("lr") != run.config.lr or int(fault.get("epoch", epoch)) != epoch:
+            continue
+        if fault.get("sleep"):
+            time.sleep(float(fault["sleep"]))
+        if fault.get("raise"):
+            kind = {"MemoryError": MemoryError, "RuntimeError": RuntimeError}[fault["raise"]]
+            raise kind(f"injected by the test: {fault.get('message', 'fault')}")
 
 
 def _epochs(resolved: dict[str, Any]) -> int:

@@ -19,7 +19,6 @@ from bnsweep.results import (
     STR,
     _atomic_write,
     columns_markdown,
-    finalize_unfinished,
     load_history,
     load_results,
     load_trained_net,
@@ -255,15 +254,40 @@ def test_columns_markdown_documents_every_column():
     assert columns_markdown("history").count("\n") == 2 + len(HISTORY_COLUMNS)
 
 
-def test_finalize_unfinished_records_a_pruned_trial(run_copy):
-    paths = finalize_unfinished(run_copy, "t06_bn_running", status="pruned", reason="stopped by ASHA after epoch 1")
-    assert [p.relative_to(run_copy).as_posix() for p in paths] == ["trials/t06_bn_running/seed-0/result.json"]
-    assert finalize_unfinished(run_copy, "t00_all_w1") == []  # finished replicates are left alone
+def test_close_unfinished_replicates_records_a_pruned_trial(run_copy, tiny_run_dir):
+    from bnsweep.search import close_unfinished_replicates
+
+    resolved = {k: v for k, v in tiny_run_dir.trials["t06_bn_running"][0].items() if k != "seed"}
+    assert close_unfinished_replicates(run_copy, "t06_bn_running", resolved, seeds=[0], status="pruned",
+                                       reason="stopped by ASHA after epoch 1") == 1
+    assert (run_copy / "trials/t06_bn_running/seed-0/result.json").is_file()
+    done = {k: v for k, v in tiny_run_dir.trials["t00_all_w1"][0].items() if k != "seed"}
+    assert close_unfinished_replicates(run_copy, "t00_all_w1", done, seeds=[0, 1], status="pruned",
+                                       reason="x") == 0  # finished replicates are left alone
     row = load_results(run_copy).set_index("trial_id").loc["t06_bn_running"]
     assert (row["status"], row["reason"], row["epochs_run"]) == ("pruned", "stopped by ASHA after epoch 1", 1)
     assert row["params_trainable"] == 672 and row["lr_schedule.type"] == "multistep"
     assert row["replicate"] == 0 and pd.isna(row["test_accuracy"]) and row["finished_at"]
     assert len(load_history(run_copy).query("trial_id == 't06_bn_running'")) == 1
+    assert row["started_at"] == "2026-11-27T00:00:00+00:00"  # from started.json
+
+
+def test_close_unfinished_replicates_records_a_replicate_that_failed_before_it_started(run_copy, tiny_run_dir):
+    """A worker that raised before writing started.json (e.g. its data file is missing) leaves at most a
+    failure.json: the record is made from the trial's resolved config."""
+    from bnsweep.search import close_unfinished_replicates
+
+    resolved = {k: v for k, v in tiny_run_dir.trials["t07_bn_output"][0].items() if k != "seed"}
+    d = run_copy / "trials" / "t99_failed_early" / "seed-0"
+    d.mkdir(parents=True)
+    (d / "failure.json").write_text(json.dumps({"reason": "DataError: x.npz: no such file", "at": "now"}))
+    assert close_unfinished_replicates(run_copy, "t99_failed_early", resolved, seeds=[0, 1], status="failed",
+                                       reason="the trial failed") == 2
+    rows = load_results(run_copy).query("trial_id == 't99_failed_early'").set_index("seed")
+    assert list(rows["status"]) == ["failed", "failed"]
+    assert rows.loc[0, "reason"] == "DataError: x.npz: no such file" and rows.loc[1, "reason"] == "the trial failed"
+    assert (rows["regime"] == "bn_output").all() and (rows["epochs_run"] == 0).all()
+    assert (rows["params_trainable"] > 0).all()
 
 
 def test_the_documented_columns_are_the_code_s_columns():

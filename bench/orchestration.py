@@ -1,0 +1,177 @@
+"""Items 3 and 5: orchestration overhead and memory of a real sweep.
+
+The same K trials (ResNet-20 BN-only on the shared CIFAR-10 subset, a grid over K learning rates,
+one seed, one trial at a time with all cores) run three ways, one after the other:
+
+* ``launch``: ``python -m bnsweep launch SPEC --quiet`` as a subprocess (local Ray, dashboard on unless
+  ``--no-dashboard``, W&B offline, results table) — what a user runs;
+* ``in-process``: the K trials back to back in one process via ``bnsweep.trial.TrialRun``
+  (``bench/_sweep_in_process.py``) — no orchestration at all;
+* ``plain-tune``: a minimal hand-written Ray Tune + OptunaSearch script (``bench/_sweep_plain_tune.py``)
+  — "use the libraries directly".
+
+Reports wall time, wall / Σ trial wall time (each trial's ``TrialResult.wall_seconds``: model build to
+test evaluation), wall relative to ``in-process``, and the time from the command to the first
+epoch's start (trial ready to train) and end. For ``launch`` it also polls ``/proc`` for the driver
+and every Ray process it started: peak RSS of each (item 5).
+
+    .venv/bin/python bench/orchestration.py --trials 4 --epochs 6          # ~4 × 60 s per contender
+    .venv/bin/python bench/orchestration.py --trials 2 --epochs 1 --depth 8 --only launch   # memory, quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import ROOT, SUBSET, ProcTreeMonitor, classify, machine, write_json
+
+LRS = [0.05, 0.1, 0.2, 0.4, 0.8, 0.025, 1.6, 0.0125]
+
+
+def spec_text(a: argparse.Namespace) -> str:
+    lrs = ", ".join(str(x) for x in LRS[:a.trials])
+    cpu = f"resources: {{cpu: {a.cpus}}}\n" if a.cpus else ""
+    return (f"name: bench_orchestration\nmethod: grid\nreplicates: 1\nmax_concurrent: {a.max_concurrent}\n{cpu}"
+            f"fixed:\n  model: {{depth: {a.depth}}}\n  regime: {a.regime}\n  epochs: {a.epochs}\n  batch_size: 128\n"
+            f"  data: {{source: npz, path: {a.data}, val_size: 500, test_size: 500}}\n"
+            f"parameters:\n  lr: {{values: [{lrs}]}}\n")
+
+
+def trial_configs(spec_file: Path) -> list[dict]:
+    from bnsweep.space import resolve_trial_config
+    from bnsweep.spec import load_spec
+
+    spec = load_spec(spec_file)
+    return [resolve_trial_config(spec, {"lr": lr}, seed=spec.seed) for lr in LRS[:len(spec.parameters["lr"].values)]]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def run_launch(a: argparse.Namespace, tmp: Path, spec_file: Path) -> dict:
+    run_dir = tmp / "launch-run"
+    cmd = [sys.executable, "-m", "bnsweep", "launch", str(spec_file), "--run-dir", str(run_dir), "--quiet"]
+    if a.no_dashboard:
+        cmd.append("--no-dashboard")
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:  # first started.json = a trial is built and about to train; first state.json = epoch 1 done
+        while not stop.is_set():
+            trials = run_dir / "trials"
+            if "first_start" not in seen and trials.is_dir() and any(trials.glob("*/seed-*/started.json")):
+                seen["first_start"] = time.time()
+            if "first_epoch" not in seen and trials.is_dir() and any(trials.glob("*/seed-*/checkpoint/state.json")):
+                seen["first_epoch"] = time.time()
+            stop.wait(0.05)
+
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mon = ProcTreeMonitor(proc.pid)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    wall = time.time() - t0
+    stop.set()
+    memory = mon.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"launch failed ({proc.returncode}): {err[-2000:]}")
+    walls = [json.loads(p.read_text())["wall_seconds"] for p in sorted(run_dir.glob("trials/*/seed-*/result.json"))]
+    roles: dict[str, list[int]] = {}
+    for proc_info in memory["processes"]:
+        roles.setdefault(classify(proc_info["cmd"]), []).append(proc_info["peak_rss_mb"])
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {"wall": wall, "trial_walls": walls, "first_start": seen.get("first_start", t0) - t0,
+            "first_epoch": seen.get("first_epoch", t0) - t0, "memory": memory, "memory_by_role": roles,
+            "events": [(e.get("event"), round(e["time"] - t0, 2)) for e in events if "time" in e]}
+
+
+def run_events(cmd: list[str], events_file: Path | None = None) -> dict:
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=str(ROOT), env=_env(), capture_output=True, text=True, check=False)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[1]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    lines = proc.stdout.splitlines()
+    if events_file and events_file.exists():
+        lines += events_file.read_text().splitlines()
+    ev = [json.loads(x) for x in lines if x.startswith("{")]
+    starts = [e["t"] for e in ev if e["event"] == "trial_start"]
+    epochs = [e["t"] for e in ev if e["event"] == "epoch"]
+    return {"wall": wall, "trial_walls": [e["wall_seconds"] for e in ev if e["event"] == "trial_end"],
+            "first_start": min(starts) - t0 if starts else None, "first_epoch": min(epochs) - t0 if epochs else None}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--regime", default="bn")
+    p.add_argument("--cpus", type=float, default=2, help="resources.cpu of the spec (0: leave it to the default)")
+    p.add_argument("--data", default=str(SUBSET))
+    p.add_argument("--no-dashboard", action="store_true")
+    p.add_argument("--max-concurrent", type=int, default=1, help="trials at once (launch only; memory)")
+    p.add_argument("--only", default="launch,in-process,plain-tune")
+    p.add_argument("--json")
+    a = p.parse_args()
+    info = machine()
+    print(f"machine: {info['cpu']}, load {info['loadavg']}", flush=True)
+    res: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bnsweep-bench-") as d:
+        tmp = Path(d)
+        spec_file = tmp / "spec.yaml"
+        spec_file.write_text(spec_text(a))
+        cfg_file = tmp / "configs.json"
+        cfg_file.write_text(json.dumps(trial_configs(spec_file)))
+        threads = str(int(a.cpus) if a.cpus else len(os.sched_getaffinity(0)))
+        for which in a.only.split(","):
+            print(f"  running {which} ... (load {os.getloadavg()[0]:.1f})", flush=True)
+            if which == "launch":
+                res[which] = run_launch(a, tmp, spec_file)
+            elif which == "in-process":
+                res[which] = run_events([sys.executable, str(ROOT / "bench" / "_sweep_in_process.py"), str(cfg_file),
+                                         threads])
+            else:
+                ev = tmp / "plain-events.jsonl"
+                res[which] = run_events([sys.executable, str(ROOT / "bench" / "_sweep_plain_tune.py"), str(cfg_file),
+                                         str(tmp / "plain-tune"), threads, str(ev)], ev)
+            r = res[which]
+            r["sum_trials"] = sum(r["trial_walls"])
+            r["overhead_ratio"] = r["wall"] / r["sum_trials"] if r["sum_trials"] else float("nan")
+            print(f"    {which}: wall {r['wall']:.1f} s, Σ trials {r['sum_trials']:.1f} s "
+                  f"(median trial {statistics.median(r['trial_walls']):.1f} s), wall/Σ {r['overhead_ratio']:.3f}, "
+                  f"first epoch starts {r['first_start']:.1f} s, ends {r['first_epoch']:.1f} s after the command",
+                  flush=True)
+            if which == "launch":
+                print(f"    launch events (s after the command): {r['events'][:4]} ... {r['events'][-2:]}", flush=True)
+    print(f"\n{a.trials} trials × {a.epochs} epochs, ResNet-{a.depth} {a.regime}, cpus per trial {a.cpus or 'default'}")
+    base = res.get("in-process")
+    for which, r in res.items():
+        rel = f", wall / in-process wall {r['wall'] / base['wall']:.3f}" if base else ""
+        print(f"  {which:11s} wall {r['wall']:7.1f} s  wall/Σtrials {r['overhead_ratio']:.3f}{rel}  "
+              f"to first epoch start {r['first_start']:.1f} s, end {r['first_epoch']:.1f} s")
+    if "launch" in res and "plain-tune" in res:
+        print(f"  launch / plain-tune wall = {res['launch']['wall'] / res['plain-tune']['wall']:.3f}")
+    if "launch" in res:
+        print("\n  memory of the launch (peak RSS, MB):")
+        for role, mbs in sorted(res["launch"]["memory_by_role"].items(), key=lambda kv: -max(kv[1])):
+            print(f"    {role:18s} {len(mbs)} process(es): {', '.join(str(m) for m in mbs)}")
+        print(f"    all processes together, peak of the sum: {res['launch']['memory']['peak_total_rss_mb']} MB")
+    write_json(a.json, {"machine": info, "args": vars(a), "results": res})
+
+
+if __name__ == "__main__":
+    main()
