@@ -372,13 +372,25 @@ def test_random_argument_lists_never_crash(work, capsys, tokens):
     COUNTS["cli: random argument lists"] += 1
 
 
+def _not_a_valid_count(text: str) -> bool:
+    """weird_text can draw "0" or "5": a number ≥ 0 is a valid value for some of these flags."""
+    try:
+        return not float(text) >= 0
+    except ValueError:
+        return True
+
+
+_bad_number_text = weird_text.filter(_not_a_valid_count)
+
 PLAN_FLAGS = {
-    "--trials": st.one_of(st.integers(max_value=0), weird_text, st.floats().map(str)),
-    "--replicates": st.one_of(st.integers(max_value=0), weird_text),
-    "--max-concurrent": st.one_of(st.integers(max_value=0), weird_text),
-    "--epochs": st.one_of(st.integers(max_value=0), weird_text, st.just("1e3")),
-    "--cpus-per-trial": st.one_of(st.floats(max_value=-1e-6).map(str), weird_text, st.just("nan"), st.just("-inf")),
-    "--gpus-per-trial": st.one_of(st.floats(max_value=-1e-6).map(str), weird_text, st.just("nan")),
+    "--trials": st.one_of(st.integers(max_value=0), _bad_number_text, st.floats().filter(
+        lambda f: not f >= 1).map(str)),
+    "--replicates": st.one_of(st.integers(max_value=0), _bad_number_text),
+    "--max-concurrent": st.one_of(st.integers(max_value=0), _bad_number_text),
+    "--epochs": st.one_of(st.integers(max_value=0), _bad_number_text, st.just("1e3")),
+    "--cpus-per-trial": st.one_of(st.floats(max_value=-1e-6).map(str), _bad_number_text, st.just("nan"),
+                                  st.just("-inf")),
+    "--gpus-per-trial": st.one_of(st.floats(max_value=-1e-6).map(str), _bad_number_text, st.just("nan")),
     "--set": st.one_of(weird_text.filter(lambda t: "=" not in t),
                        st.tuples(st.sampled_from(["model.depth", "lr", "epochs", "nosuch.key", "optimizer.name",
                                                   "data.val_size", "regime", "", "model"]),
