@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -42,7 +43,10 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, received: Any, allowed: str) -> None:
         self.key, self.received, self.allowed = key, received, allowed
-        super().__init__(f"{key}: expected {allowed}, received {received!r}")
+        shown = repr(received)
+        if len(shown) > 80:  # one readable line, even for a 300-digit number
+            shown = f"{shown[:40]}…{shown[-10:]} ({len(shown)} characters)"
+        super().__init__(f"{key}: expected {allowed}, received {shown}")
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -50,13 +54,26 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(key, value, "one of " + ", ".join(choices))
 
 
-def _check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
+def _check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False,
+                    maximum: float | None = None) -> None:
     kind = int if integer else (int, float)
     ok = isinstance(value, kind) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
+    ok = ok and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    ok = ok and (maximum is None or value <= maximum)
     if not ok:
         what = "an integer" if integer else "a number"
-        raise ConfigError(key, value, f"{what} {'>= 0' if allow_zero else '> 0'}")
+        bound = f" and <= {maximum:,}" if maximum is not None else ""
+        raise ConfigError(key, value, f"{what} {'>= 0' if allow_zero else '> 0'}{bound}")
+
+
+# Upper bounds: far above any CIFAR study, low enough that a typo (an extra digit, 1e30) is refused
+# before `plan` or a worker tries to build or allocate it.
+MAX_DEPTH = 6 * 500 + 2  # the paper's deepest is 866 (D = 144)
+MAX_WIDTH = 1024  # the paper's widest is 32
+MAX_IMAGES = 10**9  # per split
+MAX_SYNTHETIC = 10**6  # synthetic images per split (3 KB each)
+MAX_BATCH = 2**20
+MAX_EPOCHS = 100_000
 
 
 @dataclass(frozen=True)
@@ -69,11 +86,13 @@ class ModelConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        if not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6:
-            raise ConfigError("model.depth", self.depth, "6·D+2 with D >= 1 (8, 14, 20, 32, 56, 110, ...)")
-        _check_positive("model.width", self.width, integer=True)
+        if (not isinstance(self.depth, int) or isinstance(self.depth, bool) or not 8 <= self.depth <= MAX_DEPTH
+                or (self.depth - 2) % 6):
+            raise ConfigError("model.depth", self.depth,
+                              f"6·D+2 with 1 <= D <= {(MAX_DEPTH - 2) // 6} (8, 14, 20, 32, 56, 110, ...)")
+        _check_positive("model.width", self.width, integer=True, maximum=MAX_WIDTH)
         _check_choice("model.gamma_init", self.gamma_init, get_args(GammaInit))
-        _check_positive("model.num_classes", self.num_classes, integer=True)
+        _check_positive("model.num_classes", self.num_classes, integer=True, maximum=100_000)
 
     @property
     def blocks_per_stage(self) -> int:
@@ -103,9 +122,9 @@ class DataConfig:
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
             if value is not None:
-                _check_positive(f"data.{key}", value, integer=True)
-        _check_positive("data.val_size", self.val_size, integer=True, allow_zero=True)
-        _check_positive("data.synthetic_size", self.synthetic_size, integer=True)
+                _check_positive(f"data.{key}", value, integer=True, maximum=MAX_IMAGES)
+        _check_positive("data.val_size", self.val_size, integer=True, allow_zero=True, maximum=MAX_IMAGES)
+        _check_positive("data.synthetic_size", self.synthetic_size, integer=True, maximum=MAX_SYNTHETIC)
 
 
 @dataclass(frozen=True)
@@ -163,10 +182,10 @@ class TrialConfig:
     def __post_init__(self) -> None:
         _check_choice("regime", self.regime, REGIMES)
         _check_positive("lr", self.lr)
-        _check_positive("batch_size", self.batch_size, integer=True)
+        _check_positive("batch_size", self.batch_size, integer=True, maximum=MAX_BATCH)
         _check_choice("lr_scaling", self.lr_scaling, get_args(LrScaling))
-        _check_positive("lr_reference_batch", self.lr_reference_batch, integer=True)
-        _check_positive("epochs", self.epochs, integer=True)
+        _check_positive("lr_reference_batch", self.lr_reference_batch, integer=True, maximum=MAX_BATCH)
+        _check_positive("epochs", self.epochs, integer=True, maximum=MAX_EPOCHS)
         _check_choice("backend", self.backend, get_args(Backend))
         _check_choice("strategy", self.strategy, get_args(Strategy))
         if self.strategy != "none" and self.backend != "tensorflow":
@@ -180,9 +199,9 @@ class TrialConfig:
 
         object.__setattr__(self, "lr_schedule", resolve_schedule(self.lr_schedule))
         if self.steps_per_epoch is not None:
-            _check_positive("steps_per_epoch", self.steps_per_epoch, integer=True)
+            _check_positive("steps_per_epoch", self.steps_per_epoch, integer=True, maximum=10**9)
         if self.threads is not None:
-            _check_positive("threads", self.threads, integer=True)
+            _check_positive("threads", self.threads, integer=True, maximum=4096)
 
     @property
     def effective_lr(self) -> float:

@@ -285,7 +285,7 @@ def test_every_problem_is_reported_at_once_with_file_line_key_received_and_allow
         "fixed.model.depth": (8, ["6·D+2", "received 21"]),
         "fixed.model.widht": (8, ["unknown model setting 'widht'", "did you mean 'width'?", "depth, width"]),
         "fixed.regime": (9, ["received 'bnn'", "did you mean 'bn'?", "bn_output"]),
-        "parameters.batch_size.values[1]": (12, ["expected an integer > 0, received 0"]),
+        "parameters.batch_size.values[1]": (12, ["expected an integer > 0 and <= 1,048,576, received 0"]),
         "parameters.lr.min": (13, ["expected a number > 0", "received -0.1"]),
         "parameters.momentum": (14, ["unknown trial-config key 'momentum'", "did you mean 'optimizer.momentum'?"]),
         "parameters.optimizer.one_of.adamm": (15, ["received 'adamm'", "did you mean 'adam'?", "sgd, adam, adamw"]),
@@ -375,7 +375,7 @@ def test_problems_inside_one_of_options_are_blamed_on_the_option_or_its_value(tm
         "parameters.optimizer.one_of.adam.momentum": (8, "expected a number in [0, 1), received 2"),
         "parameters.optimizer.one_of.adam.weight_decay.values[0]": (8, "expected a number >= 0, received -1"),
         "parameters.data.one_of.dir": (9, "makes data.path invalid"),
-        "parameters.data.one_of.synthetic.synthetic_size": (9, "expected an integer > 0, received 0"),
+        "parameters.data.one_of.synthetic.synthetic_size": (9, "expected an integer > 0 and <= 1,000,000, received 0"),
         "parameters.lr_schedule.one_of.cosine.type": (10, "the option's name here"),
     }
     assert sorted(p.key for p in problems) == sorted(expected)
