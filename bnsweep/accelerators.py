@@ -86,14 +86,19 @@ def fused_batch_norm_kernel() -> Any:
     return fused
 
 
+# Memory one CPU trial worker holds at its peak (TensorFlow, a ResNet-20, its share of the data; measured
+# 1.0-1.3 GB in bench/RESULTS.md §5), with headroom: caps how many trials run at once on a small machine.
+TRIAL_MEMORY_BYTES = 1_500_000_000
+
+
 def default_cpus_per_trial(total_cpus: float, *, concurrent: int) -> int:
     """CPUs per trial (= TensorFlow intra-op threads) when the spec leaves ``resources.cpu`` unset.
 
-    Fill the machine with trials before giving any trial a second thread: on the 2-core CI machine two
-    1-thread trials at once trained ~7% more images/s in aggregate than one 2-thread trial (less
-    thread synchronization per small op; ``bench/packing.py``). ``concurrent`` is how many trials can
-    run at once (``min(max_concurrent, configurations)``); each gets an equal whole share, at least 1,
-    so a lone trial still gets every core.
+    Fill the machine with trials before giving any trial a second thread: on the 2-core machines two
+    1-thread trials at once trained 1.27-1.28× the images/s of one 2-thread trial in aggregate on a quiet
+    machine (``bench/packing.py``, ``bench/RESULTS.md`` §4: small convolutions scale poorly over threads).
+    ``concurrent`` is how many trials can run at once; each gets an equal whole share, at least 1, so a
+    lone trial still gets every core.
 
     >>> default_cpus_per_trial(2, concurrent=2), default_cpus_per_trial(2, concurrent=1)
     (1, 2)
@@ -104,6 +109,35 @@ def default_cpus_per_trial(total_cpus: float, *, concurrent: int) -> int:
     return max(1, total // max(1, min(int(concurrent), total)))
 
 
+def default_concurrent_trials(*, total_cpus: float, configurations: int, cpu: float | None = None,
+                              total_gpus: float = 0, gpu: float = 0, memory_bytes: int | None = None) -> int:
+    """How many trials ``launch`` runs at once when the spec leaves ``max_concurrent`` unset: one per CPU
+    (or per ``cpu`` CPUs when the spec sets it), no more than the GPUs hold at ``gpu`` each, than
+    ``memory_bytes`` holds at ``TRIAL_MEMORY_BYTES`` each, or than there are configurations.
+
+    >>> default_concurrent_trials(total_cpus=2, configurations=8)
+    2
+    >>> default_concurrent_trials(total_cpus=16, configurations=8, total_gpus=1, gpu=0.25)
+    4
+    >>> default_concurrent_trials(total_cpus=64, configurations=100, memory_bytes=24 * 10**9)
+    16
+    """
+    n = max(1, int(total_cpus // cpu) if cpu else int(total_cpus))
+    if gpu:
+        n = min(n, max(1, int(total_gpus // gpu)))
+    if memory_bytes:
+        n = min(n, max(1, memory_bytes // TRIAL_MEMORY_BYTES))
+    return max(1, min(n, int(configurations)))
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM (Linux/macOS), or None where it cannot be read."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def gpu_memory_growth() -> None:
     """TensorFlow: allocate GPU memory as needed (fractional-GPU trials); JAX: no preallocation."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -111,11 +145,14 @@ def gpu_memory_growth() -> None:
 
 
 def describe_accelerator() -> dict[str, Any]:
-    """``{"kind": "cpu"|"gpu"|"tpu", "name": ..., "count": n}`` for the running backend."""
+    """``{"kind": "cpu"|"gpu"|"tpu", "name": ..., "count": n, "backend": ..., "threads": n}`` for the running
+    backend; ``threads`` is the CPU threads this process trains with (TensorFlow's intra-op pool as it is
+    set, not as it was asked for; ``None`` where unknown)."""
     import keras
 
     backend = keras.backend.backend()
     kind, name, count = "cpu", platform.processor() or platform.machine(), os.cpu_count() or 1
+    threads = _configured.get("threads")
     try:
         if backend == "jax":
             import jax
@@ -127,6 +164,7 @@ def describe_accelerator() -> dict[str, Any]:
         elif backend == "tensorflow":
             import tensorflow as tf
 
+            threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()  # 0: all cores
             gpus = tf.config.list_logical_devices("GPU")
             tpus = tf.config.list_logical_devices("TPU")
             if tpus:
@@ -136,7 +174,7 @@ def describe_accelerator() -> dict[str, Any]:
                 kind, name, count = "gpu", details.get("device_name", "GPU"), len(gpus)
     except Exception:  # describing must never fail a trial
         pass
-    return {"kind": kind, "name": name, "count": count, "backend": backend}
+    return {"kind": kind, "name": name, "count": count, "backend": backend, "threads": threads}
 
 
 def library_versions() -> dict[str, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ class PlanReport:
     cpu_hours: float | None = None
     gpu_hours: float | None = None
     early_stopping: str = "none"
+    packing: tuple[int, float] | None = None  # (trials at once, CPUs each) launch would use on this machine
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -149,6 +151,11 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanRep
     report = PlanReport(name=spec.name, method=spec.method, configurations=n_cfg, replicates=spec.replicates,
                         trainings=n_cfg * spec.replicates, epochs=epochs, train_images=n_train, val_images=n_val,
                         early_stopping=spec.scheduler.type)
+    from bnsweep.accelerators import physical_memory_bytes
+    from bnsweep.search import choose_packing
+
+    report.packing = choose_packing(spec, configurations=n_cfg, total_cpus=os.cpu_count() or 1,
+                                    memory_bytes=physical_memory_bytes())
     combos = [(d, w, r) for d, w in _model_combos(spec, base) for r in _values(spec, "regime", base.regime)]
     flops_per_training = []
     for depth, width, regime in combos:
@@ -212,6 +219,9 @@ def format_plan(r: PlanReport) -> str:
         lines.append(f"  {s['name']:<16} {_sparkline(c)}  {pts}")
     lines.append("")
     lines.append(f"compute: {r.total_train_flops / 1e15:.3g} PFLOP in all")
+    if r.packing:
+        lines.append(f"launch here would run {r.packing[0]} trial(s) at once × {r.packing[1]:g} CPU(s) each "
+                     "(max_concurrent / resources.cpu, or chosen for this machine where the spec leaves them out)")
     if r.probe_images_per_sec:
         lines.append(f"measured here: {r.probe_images_per_sec:,.0f} images/s ({r.probe_note})")
         lines.append(f"estimated wall time on this machine: {_hours(r.cpu_hours)} (one trial at a time, "

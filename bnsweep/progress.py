@@ -189,8 +189,13 @@ class SweepMonitor(Callback):
             if src.is_file() and name.endswith((".json", ".pkl")):
                 atomic_write_bytes(backup / name, src.read_bytes())
         for old in backup.glob("*"):
-            if session not in old.name and not old.name.startswith("."):
+            if session not in old.name and not old.name.startswith(".") and old.name != "tuner.pkl":
                 old.unlink(missing_ok=True)
+        tuner = self.run_dir / "ray" / "tuner.pkl"  # written once, before any trial
+        if not (backup / "tuner.pkl").exists() and tuner.is_file():
+            blob = tuner.read_bytes()
+            if blob.endswith(b"."):
+                atomic_write_bytes(backup / "tuner.pkl", blob)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -237,9 +242,12 @@ class SweepMonitor(Callback):
                    failed=c["failed"], best=self.best_value, best_trial=self.best_trial,
                    eta_s=None if eta is None else round(eta))
 
-    def announce(self, *, spec: Any, dashboard: str | None, restored: bool) -> None:
+    def announce(self, *, spec: Any, dashboard: str | None, restored: bool,
+                 cpus_per_trial: float | None = None, concurrent: int | None = None) -> None:
         self._emit("resumed" if restored else "launched", sweep=spec.name, run_dir=str(self.run_dir),
-                   configurations=self.total, replicates=self.replicates,
+                   configurations=self.total, replicates=self.replicates, concurrent=concurrent,
+                   cpus_per_trial=cpus_per_trial, packing_from_spec=[spec.max_concurrent is not None,
+                                                                     spec.resources.cpu is not None],
                    dashboard=f"http://{dashboard}" if dashboard and not dashboard.startswith("http") else dashboard,
                    optuna_dashboard=f"optuna-dashboard sqlite:///{self.run_dir / 'optuna.db'}")
 
@@ -262,6 +270,11 @@ class SweepMonitor(Callback):
         elif event in ("launched", "resumed"):
             line = (f"[{stamp}] {event} sweep {fields['sweep']!r}: {fields['configurations']} configurations × "
                     f"{fields['replicates']} seeds → {fields['run_dir']}")
+            if fields.get("cpus_per_trial") is not None and fields.get("concurrent") is not None:
+                line += (f"\n  packing:          {fields['concurrent']} trial(s) at once × "
+                         f"{fields['cpus_per_trial']:g} CPU(s) each (= TensorFlow threads)")
+                if not all(fields["packing_from_spec"]):
+                    line += "; chosen for this machine (set max_concurrent / resources.cpu to fix it)"
             if fields.get("dashboard"):
                 line += f"\n  Ray dashboard:    {fields['dashboard']}"
             line += f"\n  Optuna dashboard: {fields['optuna_dashboard']}"
@@ -311,6 +324,7 @@ def _error_reason(trial: Any) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     died = next((ln for ln in reversed(lines) if "died" in ln.lower() or "killed" in ln.lower()), None)
     detail = died or next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "")
+    detail = detail.split(" Some common causes")[0]  # Ray's generic advice follows
     failures = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
     what = f"the trial failed {failures} time(s), retries exhausted" if failures else "the trial failed"
     return f"{what}: {detail[:300]}" if detail else what

@@ -171,6 +171,8 @@ _TAIL: dict[str, tuple[str, str]] = {
     "accelerator": ("str", "kind:name of the device that trained (e.g. gpu:NVIDIA H100)"),
     "accelerator_count": ("Int64", "devices of that kind visible to the trial"),
     "accelerator_backend": ("str", "Keras backend that actually ran"),
+    "accelerator_threads": ("Int64", "CPU threads the trial trained with, as set (TensorFlow's intra-op pool; "
+                                     "empty where unknown)"),
     "data_source": ("str", "where the images came from (e.g. npz:cifar10-subset-train.npz)"),
     "data_train": ("Int64", "training images"),
     "data_val": ("Int64", "validation images"),
@@ -477,6 +479,7 @@ def _row(rec: Mapping[str, Any], *, trial_id: str, seed: int, rel: str) -> dict[
         "wall_seconds": rec.get("wall_seconds"), "images_per_sec": rec.get("images_per_sec"),
         "accelerator": f"{accel.get('kind')}:{accel.get('name')}" if accel else None,
         "accelerator_count": accel.get("count"), "accelerator_backend": accel.get("backend"),
+        "accelerator_threads": accel.get("threads"),
         "data_source": data.get("source"), "data_train": data.get("train"), "data_val": data.get("val"),
         "data_test": data.get("test"), "test_is_holdout": data.get("test_is_holdout"),
         "spec_hash": rec.get("spec_hash"), "git_commit": rec.get("git_commit"),

@@ -103,8 +103,8 @@ def resume(run_dir: Path, *, options: LaunchOptions) -> Outcome:
         options = dataclasses.replace(options, storage=_resume_storage(run_dir, options, info))
         if options.storage:
             _check_storage(options.storage)
-        restore = _check_ray_state(run_dir)
         _check_optuna_storage(run_dir, _storage_url(run_dir, options, spec))
+        restore = _check_ray_state(run_dir)  # last: it may repair a torn snapshot
         return _run(run_dir, spec, options=options, restore=restore)
 
 
@@ -176,10 +176,9 @@ def _check_optuna_storage(run_dir: Path, url: str) -> None:
     if not db.exists():
         return
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            ok = con.execute("PRAGMA quick_check").fetchone()
-            con.execute("SELECT count(*) FROM trials").fetchone()
+            ok = con.execute("PRAGMA quick_check").fetchone()  # (an empty or table-less file is fine: Optuna fills it)
         finally:
             con.close()
     except sqlite3.Error as e:
@@ -199,7 +198,10 @@ def _check_ray_state(run_dir: Path) -> bool:
     trials_ran = any((run_dir / "trials").glob("*/seed-*"))
     backup = ray_dir / BACKUP_DIR
     tuner = ray_dir / "tuner.pkl"
-    if not tuner.is_file() or tuner.stat().st_size == 0:
+    if not _pickle_complete(tuner) and _pickle_complete(backup / "tuner.pkl"):
+        shutil.copyfile(backup / "tuner.pkl", ray_dir / ".tuner.pkl.tmp")
+        os.replace(ray_dir / ".tuner.pkl.tmp", tuner)
+    if not _pickle_complete(tuner):
         if trials_ran:
             raise RunDirError(f"{tuner}: missing, but trials have run; Ray Tune's state of this sweep is lost "
                               "and it cannot continue. Its results so far are in results.csv; launch anew with "
@@ -224,6 +226,19 @@ def _check_ray_state(run_dir: Path) -> bool:
                       "usable backup; this sweep cannot continue. Its results so far are in results.csv")
 
 
+def _pickle_complete(p: Path) -> bool:
+    """A pickle file that is there and whole (it ends with the STOP opcode; a torn one does not)."""
+    try:
+        with open(p, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 2:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"."
+    except OSError:
+        return False
+
+
 def _snapshot_files(d: Path) -> list[Path]:
     return [p for p in d.glob("*") if p.is_file() and p.name.startswith(("experiment_state-", "search_gen_state-",
                                                                         "searcher-state-"))]
@@ -242,8 +257,7 @@ def _ray_snapshot_ok(d: Path) -> bool:
             return False
         # the searcher's state (search_gen_state-*.json is a pickle too, despite its name)
         for p in [*d.glob(f"search_gen_state-{session}.json"), *d.glob(f"searcher-state-{session}.pkl")]:
-            blob = p.read_bytes()
-            if not blob.endswith(b"."):  # a pickle ends with its STOP opcode; a torn one does not
+            if not _pickle_complete(p):
                 return False
     except (OSError, ValueError):
         return False
@@ -295,25 +309,45 @@ def _storage_url(run_dir: Path, options: LaunchOptions, spec: Any) -> str:
     return options.storage or spec.storage or f"sqlite:///{run_dir / 'optuna.db'}"
 
 
-def _threads(spec: Any) -> int:
-    return max(1, math.floor(spec.resources.cpu))
+def choose_packing(spec: Any, *, configurations: int, total_cpus: float, total_gpus: float = 0,
+                   memory_bytes: int | None = None) -> tuple[int, float]:
+    """(trials at once, CPUs per trial) for ``spec`` on a machine. The spec's ``max_concurrent`` and
+    ``resources.cpu`` (or their flags) win; what it leaves unset is chosen for the machine: one trial per
+    CPU (on 2 cores, two 1-thread trials trained 1.27× the images/s of one 2-thread trial:
+    bench/RESULTS.md §4), no more than the GPUs and the memory hold or there are configurations, then
+    every CPU shared out between them.
+
+    >>> from bnsweep.spec import SweepSpec
+    >>> spec = SweepSpec(name="s")  # max_concurrent and resources.cpu left out
+    >>> choose_packing(spec, configurations=2, total_cpus=2), choose_packing(spec, configurations=1, total_cpus=2)
+    ((2, 1), (1, 2))
+    """
+    from bnsweep.accelerators import default_concurrent_trials, default_cpus_per_trial
+
+    configurations = max(1, configurations)
+    concurrent = spec.max_concurrent
+    if concurrent is None:
+        concurrent = default_concurrent_trials(
+            total_cpus=total_cpus, configurations=configurations, cpu=spec.resources.cpu,
+            total_gpus=total_gpus, gpu=spec.resources.gpu, memory_bytes=memory_bytes)
+    cpu = spec.resources.cpu
+    if cpu is None:
+        cpu = default_cpus_per_trial(total_cpus, concurrent=min(concurrent, configurations))
+    return concurrent, cpu
 
 
-def _cpus_per_trial(spec: Any, options: LaunchOptions, configurations: int) -> float:
-    """``resources.cpu`` of the spec (or ``--cpus-per-trial``) when set; when it is unset (``None``)
-    on a local Ray, ``accelerators.default_cpus_per_trial``: the CPUs shared out over the trials
-    that can run at once (one trial per core first, measured faster: bench/packing.py)."""
-    cpu = getattr(spec.resources, "cpu", None)
-    if cpu is not None:
-        return cpu
-    if options.address:  # a cluster: per-node CPUs are unknown here; one CPU per trial
-        return 1
+def _packing(spec: Any, options: LaunchOptions, configurations: int) -> tuple[int, float]:
+    """``choose_packing`` for the Ray this driver is connected to (its CPUs and GPUs; this machine's memory
+    when Ray is local)."""
     import ray
 
-    from bnsweep.accelerators import default_cpus_per_trial
+    from bnsweep.accelerators import physical_memory_bytes
 
-    total = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else (options.num_cpus or os.cpu_count() or 1)
-    return default_cpus_per_trial(total, concurrent=min(spec.max_concurrent, max(1, configurations)))
+    cluster = ray.cluster_resources() if ray.is_initialized() else {}
+    return choose_packing(spec, configurations=configurations,
+                          total_cpus=cluster.get("CPU") or options.num_cpus or os.cpu_count() or 1,
+                          total_gpus=cluster.get("GPU", 0),
+                          memory_bytes=None if options.address else physical_memory_bytes())
 
 
 def _data_is_fixed(spec: Any) -> bool:
@@ -484,17 +518,17 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
     # failure.json and Ray's error.txt), not as a traceback on the terminal
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     started_here = not ray.is_initialized()
-    dashboard = _start_ray(run_dir, spec, options, data_bytes)
-    if started_here and not options.address:
-        _keep_credentials_out_of_ray_logs()
     monitor: Any = None
     table = None
-    try:
+    try:  # (a Ctrl-C while Ray starts must not leave its processes behind either)
+        dashboard = _start_ray(run_dir, spec, options, data_bytes)
+        if started_here and not options.address:
+            _keep_credentials_out_of_ray_logs()
         searcher, n = _make_search(spec, storage_url)
         if before_tuner is not None:
             before_tuner()
         info = read_sweep_json(run_dir)
-        cpus = _cpus_per_trial(spec, options, n)  # packing: explicit resources.cpu wins
+        concurrent, cpus = _packing(spec, options, n)  # what the spec leaves unset fits the machine
         meta = {
             "run_dir": str(run_dir), "sweep": spec.name, "spec_hash": info["spec_hash"],
             "git_commit": info.get("git_commit"), "versions": info.get("versions", {}),
@@ -507,7 +541,8 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
         trainable = tune.with_resources(tune.with_parameters(train_configuration, meta=meta, data=data), resources)
         monitor = SweepMonitor(run_dir=run_dir, total=n, replicates=spec.replicates, metric=spec.metric.name,
                                mode=spec.metric.mode, quiet=options.quiet, seed_base=spec.seed)
-        monitor.announce(spec=spec, dashboard=dashboard, restored=restore)
+        monitor.announce(spec=spec, dashboard=dashboard, restored=restore, cpus_per_trial=cpus,
+                         concurrent=concurrent)
         try:
             if restore:
                 try:
@@ -524,7 +559,7 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
                     trainable,
                     tune_config=tune.TuneConfig(
                         metric=spec.metric.name, mode=spec.metric.mode, search_alg=searcher,
-                        scheduler=_make_scheduler(spec), num_samples=n, max_concurrent_trials=spec.max_concurrent,
+                        scheduler=_make_scheduler(spec), num_samples=n, max_concurrent_trials=concurrent,
                         reuse_actors=True,  # a worker keeps TF/JAX imported between trials
                         trial_dirname_creator=trial_dirname),
                     run_config=tune.RunConfig(

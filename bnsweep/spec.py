@@ -261,18 +261,23 @@ class SchedulerSpec:
 class Resources:
     """Per-trial resources for Ray Tune: CPUs (fractions ok), GPUs (fractions ok, whole above 1), TPUs.
 
-    >>> Resources(gpu=0.25).cpu
-    1
+    ``cpu`` left out (``None``) lets ``launch`` choose the packing for the machine it runs on: as few
+    trials at once as fill the CPUs, each with an equal share as its TensorFlow threads
+    (``accelerators.default_cpus_per_trial``; measured in bench/RESULTS.md §4). A number fixes it.
+
+    >>> Resources(gpu=0.25).cpu is None, Resources(cpu=2).cpu
+    (True, 2)
     """
 
-    cpu: float = 1
+    cpu: float | None = None
     gpu: float = 0
     tpu: int = 0
 
     def __post_init__(self) -> None:
         errors = []
-        if not (_is_real(self.cpu) and 0 < self.cpu <= 4096):
-            errors.append(("cpu", _expected("a number > 0 (fractions allowed)", self.cpu)))
+        if self.cpu is not None and not (_is_real(self.cpu) and 0 < self.cpu <= 4096):
+            errors.append(("cpu", _expected("a number > 0 (fractions allowed), or leave it out to let launch "
+                                            "share the machine's CPUs out", self.cpu)))
         if not (_is_real(self.gpu) and 0 <= self.gpu <= 4096):
             errors.append(("gpu", _expected("a number >= 0 (fractions allowed)", self.gpu)))
         elif self.gpu > 1 and self.gpu != int(self.gpu):
@@ -763,7 +768,7 @@ class SweepSpec:
     trials: int = 1
     replicates: int = 1
     seed: int = 0
-    max_concurrent: int = 1
+    max_concurrent: int | None = None  # trials at once; None: as many as fill the machine (search._packing)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     resources: Resources = field(default_factory=Resources)
     retries: int = 0
@@ -791,6 +796,8 @@ class SweepSpec:
         ints = {"trials": (1, 1_000_000), "replicates": (1, 10_000), "seed": (0, 2**31 - 1),
                 "max_concurrent": (1, 100_000), "retries": (0, 1000)}
         for key, (lo, hi) in ints.items():
+            if key == "max_concurrent" and self.max_concurrent is None:
+                continue
             if not _is_int(getattr(self, key), lo, hi):
                 e.append((key, _expected(_int_range(lo, hi), getattr(self, key))))
         for key, cls in (("metric", Metric), ("scheduler", SchedulerSpec), ("resources", Resources)):

@@ -171,7 +171,7 @@ class TrialRun:
 
         ``fit`` on TensorFlow wraps the arrays in a new ``tf.data`` pipeline per call, and tearing that
         pipeline down stalled for ~1 s at the end of about half the epochs (plus ~40 ms to build it):
-        10–40% of a short epoch (bench/README.md, "data feeding"). Loss and accuracy are the
+        10–40% of a short epoch (bench/README.md). Loss and accuracy are the
         batch-size-weighted means over the epoch, as ``fit`` reports them; a non-finite loss ends the
         epoch at once (``TerminateOnNaN``).
         """

@@ -172,7 +172,8 @@ def doc(rows: list[dict[str, Any]], note: str) -> str:
             out += ["```text", header, "```", ""]
         out.append(f"- search: {spec.method}, {plan['configurations']} configurations × {spec.replicates} seeds "
                    f"= {plan['trainings']} trainings × ≤{plan['epochs']} epochs; early stopping: "
-                   f"{plan['early_stopping']}; resources per trial: cpu {spec.resources.cpu:g}"
+                   f"{plan['early_stopping']}; resources per trial: cpu "
+                   + (f"{spec.resources.cpu:g}" if spec.resources.cpu is not None else "auto (all CPUs shared out)")
                    + (f", gpu {spec.resources.gpu:g}" if spec.resources.gpu else "")
                    + (f", TPU chips {spec.resources.tpu}" if spec.resources.tpu else ""))
         out.append(f"- data: {plan['train_images']:,} training + {plan['val_images']:,} validation images per epoch "

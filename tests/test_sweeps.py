@@ -165,6 +165,13 @@ def test_quickstart_spec_runs_on_the_real_subset_through_the_cli(ray_local, tmp_
     assert events[0]["event"] == "launched" and events[-1]["event"] == "finished"
     df = pd.read_csv(run_dir / "results.csv")
     assert len(df) == 4 and set(df["status"]) == {"completed"}
+    # packing chosen for the machine (the spec sets neither max_concurrent nor resources.cpu): on 2 CPUs,
+    # both configurations at once with one TensorFlow thread each, and the table says so
+    assert (events[0]["concurrent"], events[0]["cpus_per_trial"]) == (2, 1), events[0]
+    assert (df["accelerator_threads"] == 1).all(), df["accelerator_threads"]
+    spans = df.groupby("trial_id").agg(start=("started_at", "min"), end=("finished_at", "max"))
+    (s0, e0), (s1, e1) = spans.itertuples(index=False)
+    assert s1 < e0 and s0 < e1, spans  # the two trials trained at the same time
     acc = df.groupby("regime")["test_accuracy"].mean()
     assert acc["all"] > 0.2 and acc["bn"] > 0.13, acc  # well above chance (0.10) after 4 epochs
     assert (df["data_source"].str.contains("cifar10-subset-train.npz")).all()
