@@ -340,13 +340,15 @@ def spread(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str = "ips") -
 
 class ProcTreeMonitor:
     """Polls ``/proc`` for a process and all its descendants (Ray's raylet, GCS, dashboard, trial
-    workers): the peak RSS of each (``VmHWM``), its command line, and the peak of their summed RSS."""
+    workers): the peak RSS of each (``VmHWM``), its CPU seconds (user + system, last seen), its command
+    line, and the peak of their summed RSS."""
 
     def __init__(self, root_pid: int, interval: float = 0.25) -> None:
         import threading
 
         self.root, self.interval = root_pid, interval
         self.peak: dict[int, float] = {}
+        self.cpu: dict[int, float] = {}
         self.cmd: dict[int, str] = {}
         self.peak_total_mb = 0.0
         self._stop = threading.Event()
@@ -374,7 +376,9 @@ class ProcTreeMonitor:
                 try:
                     status = Path(f"/proc/{pid}/status").read_text()
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
+                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    self.cpu[pid] = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+                except (OSError, IndexError, ValueError):
                     continue
                 fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
                 hwm = float(fields.get("VmHWM", "0 kB").split()[0]) / 1024
@@ -389,7 +393,8 @@ class ProcTreeMonitor:
         self._stop.set()
         self._thread.join()
         return {"peak_total_rss_mb": round(self.peak_total_mb),
-                "processes": sorted(({"pid": p, "peak_rss_mb": round(m), "cmd": self.cmd.get(p, "")}
+                "processes": sorted(({"pid": p, "peak_rss_mb": round(m), "cpu_s": round(self.cpu.get(p, 0.0), 2),
+                                      "cmd": self.cmd.get(p, "")}
                                      for p, m in self.peak.items()), key=lambda d: -d["peak_rss_mb"])}
 
 

@@ -22,8 +22,9 @@ def main() -> None:
         run = TrialRun(cfg, data=data, threads=int(sys.argv[2]) if len(sys.argv) > 2 else None)
         print(json.dumps({"event": "trial_start", "t": time.time(), "i": i}), flush=True)
         while run.epoch < run.config.epochs:
-            run.train_epoch()
-            print(json.dumps({"event": "epoch", "t": time.time(), "i": i, "epoch": run.epoch}), flush=True)
+            m = run.train_epoch()
+            print(json.dumps({"event": "epoch", "t": time.time(), "i": i, "epoch": run.epoch, "seconds": m.seconds}),
+                  flush=True)
         r = run.finish()
         print(json.dumps({"event": "trial_end", "t": time.time(), "i": i, "wall_seconds": r.wall_seconds,
                           "status": r.status}), flush=True)

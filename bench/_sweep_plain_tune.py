@@ -42,7 +42,7 @@ def main() -> None:
                 f.write(json.dumps({**e, "t": time.time()}) + "\n")
 
         def report(m: object) -> None:
-            event(event="epoch", epoch=m.epoch)  # type: ignore[attr-defined]
+            event(event="epoch", epoch=m.epoch, seconds=m.seconds)  # type: ignore[attr-defined]
             tune.report({"val_accuracy": m.val_accuracy, "epoch": m.epoch})  # type: ignore[attr-defined]
 
         event(event="trial_start")

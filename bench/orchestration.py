@@ -6,7 +6,8 @@ one seed, one trial at a time with all cores) run three ways, one after the othe
 * ``launch``: ``python -m bnsweep launch SPEC --quiet`` as a subprocess (local Ray, dashboard on unless
   ``--no-dashboard``, W&B offline, results table) — what a user runs;
 * ``in-process``: the K trials back to back in one process via ``bnsweep.trial.TrialRun``
-  (``bench/_sweep_in_process.py``) — no orchestration at all;
+  (``bench/_sweep_in_process.py``) — no orchestration at all; run at niceness 15 like Ray's workers
+  (Ray 2.60 starts every worker at niceness 15), so all three train at the same priority;
 * ``plain-tune``: a minimal hand-written Ray Tune + OptunaSearch script (``bench/_sweep_plain_tune.py``)
   — "use the libraries directly".
 
@@ -41,6 +42,7 @@ LRS = [0.05, 0.1, 0.2, 0.4, 0.8, 0.025, 1.6, 0.0125]
 def spec_text(a: argparse.Namespace) -> str:
     lrs = ", ".join(str(x) for x in LRS[:a.trials])
     cpu = f"resources: {{cpu: {a.cpus}}}\n" if a.cpus else ""
+    cpu += "tracking: {wandb: false}\n" if a.no_wandb else ""
     return (f"name: bench_orchestration\nmethod: grid\nreplicates: 1\nmax_concurrent: {a.max_concurrent}\n{cpu}"
             f"fixed:\n  model: {{depth: {a.depth}}}\n  regime: {a.regime}\n  epochs: {a.epochs}\n  batch_size: 128\n"
             f"  data: {{source: npz, path: {a.data}, val_size: 500, test_size: 500}}\n"
@@ -88,13 +90,18 @@ def run_launch(a: argparse.Namespace, tmp: Path, spec_file: Path) -> dict:
     memory = mon.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"launch failed ({proc.returncode}): {err[-2000:]}")
-    walls = [json.loads(p.read_text())["wall_seconds"] for p in sorted(run_dir.glob("trials/*/seed-*/result.json"))]
+    records = [json.loads(p.read_text()) for p in sorted(run_dir.glob("trials/*/seed-*/result.json"))]
+    walls = [r["wall_seconds"] for r in records]
+    epoch_s = [h["seconds"] for r in records for h in r.get("history", [])[1:]]  # (the first epoch traces)
     roles: dict[str, list[int]] = {}
+    cpu: dict[str, float] = {}
     for proc_info in memory["processes"]:
         roles.setdefault(classify(proc_info["cmd"]), []).append(proc_info["peak_rss_mb"])
+        cpu[classify(proc_info["cmd"])] = cpu.get(classify(proc_info["cmd"]), 0.0) + proc_info["cpu_s"]
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return {"wall": wall, "trial_walls": walls, "first_start": seen.get("first_start", t0) - t0,
             "first_epoch": seen.get("first_epoch", t0) - t0, "memory": memory, "memory_by_role": roles,
+            "cpu_s_by_role": cpu, "epoch_seconds": epoch_s,
             "events": [(e.get("event"), round(e["time"] - t0, 2)) for e in events if "time" in e]}
 
 
@@ -103,14 +110,18 @@ def run_events(cmd: list[str], events_file: Path | None = None) -> dict:
     proc = subprocess.run(cmd, cwd=str(ROOT), env=_env(), capture_output=True, text=True, check=False)
     wall = time.time() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[1]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd[:5])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     lines = proc.stdout.splitlines()
     if events_file and events_file.exists():
         lines += events_file.read_text().splitlines()
     ev = [json.loads(x) for x in lines if x.startswith("{")]
     starts = [e["t"] for e in ev if e["event"] == "trial_start"]
     epochs = [e["t"] for e in ev if e["event"] == "epoch"]
-    return {"wall": wall, "trial_walls": [e["wall_seconds"] for e in ev if e["event"] == "trial_end"],
+    # the trial's own epoch time (train + validation), as launch's history records it; each trial's first
+    # epoch (tracing) left out
+    epoch_s = [e["seconds"] for e in ev if e["event"] == "epoch" and e.get("epoch", 1) > 1 and "seconds" in e]
+    return {"wall": wall, "epoch_seconds": epoch_s,
+            "trial_walls": [e["wall_seconds"] for e in ev if e["event"] == "trial_end"],
             "first_start": min(starts) - t0 if starts else None, "first_epoch": min(epochs) - t0 if epochs else None}
 
 
@@ -123,8 +134,12 @@ def main() -> None:
     p.add_argument("--cpus", type=float, default=2, help="resources.cpu of the spec (0: leave it to the default)")
     p.add_argument("--data", default=str(SUBSET))
     p.add_argument("--no-dashboard", action="store_true")
+    p.add_argument("--no-wandb", action="store_true", help="tracking: {wandb: false} in the launch's spec")
     p.add_argument("--max-concurrent", type=int, default=1, help="trials at once (launch only; memory)")
     p.add_argument("--only", default="launch,in-process,plain-tune")
+    p.add_argument("--in-process-nice", type=int, default=15,
+                   help="niceness of the in-process run: Ray 2.60 starts its workers at niceness 15, so on a "
+                        "shared machine the Ray contenders' trials yield to every normal-priority process")
     p.add_argument("--json")
     a = p.parse_args()
     info = machine()
@@ -142,8 +157,8 @@ def main() -> None:
             if which == "launch":
                 res[which] = run_launch(a, tmp, spec_file)
             elif which == "in-process":
-                res[which] = run_events([sys.executable, str(ROOT / "bench" / "_sweep_in_process.py"), str(cfg_file),
-                                         threads])
+                res[which] = run_events(["nice", "-n", str(a.in_process_nice), sys.executable,
+                                         str(ROOT / "bench" / "_sweep_in_process.py"), str(cfg_file), threads])
             else:
                 ev = tmp / "plain-events.jsonl"
                 res[which] = run_events([sys.executable, str(ROOT / "bench" / "_sweep_plain_tune.py"), str(cfg_file),
@@ -153,7 +168,8 @@ def main() -> None:
             r["overhead_ratio"] = r["wall"] / r["sum_trials"] if r["sum_trials"] else float("nan")
             print(f"    {which}: wall {r['wall']:.1f} s, Σ trials {r['sum_trials']:.1f} s "
                   f"(median trial {statistics.median(r['trial_walls']):.1f} s), wall/Σ {r['overhead_ratio']:.3f}, "
-                  f"first epoch starts {r['first_start']:.1f} s, ends {r['first_epoch']:.1f} s after the command",
+                  f"first epoch starts {r['first_start']:.1f} s, ends {r['first_epoch']:.1f} s after the command"
+                  + (f"; median epoch {statistics.median(r['epoch_seconds']):.2f} s" if r.get("epoch_seconds") else ""),
                   flush=True)
             if which == "launch":
                 print(f"    launch events (s after the command): {r['events'][:4]} ... {r['events'][-2:]}", flush=True)
@@ -170,6 +186,11 @@ def main() -> None:
         for role, mbs in sorted(res["launch"]["memory_by_role"].items(), key=lambda kv: -max(kv[1])):
             print(f"    {role:18s} {len(mbs)} process(es): {', '.join(str(m) for m in mbs)}")
         print(f"    all processes together, peak of the sum: {res['launch']['memory']['peak_total_rss_mb']} MB")
+        cpu = res["launch"]["cpu_s_by_role"]
+        print(f"\n  CPU seconds of the launch by role (of {sum(cpu.values()):.1f} s; "
+              f"wall {res['launch']['wall']:.1f} s):")
+        for role, sec in sorted(cpu.items(), key=lambda kv: -kv[1]):
+            print(f"    {role:18s} {sec:7.1f} s")
     write_json(a.json, {"machine": info, "args": vars(a), "results": res})
 
 

@@ -54,7 +54,8 @@ def main() -> None:
                 for ph in phases:
                     if ph == "wide":
                         m = wide.epoch(r)
-                        res[f"1x{a.cores}/{r}"].append({"ips": m["images"] / m["wall"], "wall": m["wall"]})
+                        res[f"1x{a.cores}/{r}"].append({"ips": m["images"] / m["wall"], "wall": m["wall"],
+                                                         "ips_cpu": m["images"] / m["cpu"]})
                     else:
                         t0 = time.perf_counter()
                         for w in narrow:
@@ -62,6 +63,8 @@ def main() -> None:
                         outs = [w._recv()["results"][r] for w in narrow]
                         wall = time.perf_counter() - t0
                         res[f"{a.cores}x1/{r}"].append({"ips": sum(o["images"] for o in outs) / wall, "wall": wall,
+                                                        "ips_cpu": sum(o["images"] for o in outs)
+                                                        / sum(o["cpu"] for o in outs),
                                                         "each": [o["images"] / o["wall"] for o in outs]})
                 print(f"  round {rnd + 1}/{a.rounds} {r}: 1x{a.cores} {res[f'1x{a.cores}/{r}'][-1]['ips']:.0f}, "
                       f"{a.cores}x1 {res[f'{a.cores}x1/{r}'][-1]['ips']:.0f} img/s (load {os.getloadavg()[0]:.1f})",
@@ -73,10 +76,11 @@ def main() -> None:
     for r in regimes:
         x, y = res[f"{a.cores}x1/{r}"], res[f"1x{a.cores}/{r}"]
         rs = sorted(u["ips"] / v["ips"] for u, v in zip(x, y, strict=True))
-        ratios[r] = {"median": statistics.median(rs), "min": rs[0], "max": rs[-1]}
+        rc = statistics.median(u["ips_cpu"] / v["ips_cpu"] for u, v in zip(x, y, strict=True))
+        ratios[r] = {"median": statistics.median(rs), "min": rs[0], "max": rs[-1], "median_cpu": rc}
         print(f"{r}: 1x{a.cores} {statistics.median(v['ips'] for v in y):.0f} img/s, {a.cores}x1 "
               f"{statistics.median(u['ips'] for u in x):.0f} img/s aggregate → {a.cores}x1 / 1x{a.cores} = "
-              f"{ratios[r]['median']:.2f}× (rounds {rs[0]:.2f}–{rs[-1]:.2f})")
+              f"{ratios[r]['median']:.2f}× (rounds {rs[0]:.2f}–{rs[-1]:.2f}; per CPU-second {rc:.2f}×)")
     write_json(a.json, {"machine": info, "args": vars(a), "ratios": ratios, "raw": res})
 
 

@@ -80,7 +80,8 @@ def _load(args: argparse.Namespace) -> Any:
             raise _Bad(f"--cpus-per-trial/--gpus-per-trial: {e}".replace("<spec>: ", "")) from None
     if not changes:
         return spec
-    raw = {**spec.raw, **{k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in changes.items()}}
+    raw = {**spec.raw, **{k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v)
+                          for k, v in changes.items()}}
     return dataclasses.replace(spec, **changes, raw=raw)  # the saved spec is what runs
 
 

@@ -147,11 +147,12 @@ class OptimizerConfig:
             raise ConfigError("optimizer.momentum", self.momentum, "a number in [0, 1)")
 
 
-def _default_backend() -> str:
-    """``KERAS_BACKEND`` if set (how the trial runs on a JAX-only GPU machine), else TensorFlow."""
+def _default_backend() -> Backend:
+    """``KERAS_BACKEND`` if set (how the trial runs on a JAX-only GPU machine), else TensorFlow (an
+    unknown name is refused by ``TrialConfig`` with the allowed ones)."""
     import os
 
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
+    return os.environ.get("KERAS_BACKEND", "tensorflow")  # type: ignore[return-value]
 
 
 def _default_schedule() -> dict[str, Any]:

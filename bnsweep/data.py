@@ -166,7 +166,7 @@ def load_cifar_dir(path: str | Path) -> dict[str, np.ndarray]:
 
 def download_cifar10(cache_dir: str | Path | None = None) -> Path:
     """Download and extract the official archive once per cache; returns the batches directory."""
-    cache = Path(cache_dir or os.environ.get("BNSWEEP_CACHE", Path.home() / ".cache" / "bnsweep"))
+    cache = Path(cache_dir or os.environ.get("BNSWEEP_CACHE") or Path.home() / ".cache" / "bnsweep")
     datasets = cache / "datasets"
     try:
         datasets.mkdir(parents=True, exist_ok=True)
@@ -291,7 +291,7 @@ def load_data(cfg: DataConfig) -> Splits:
     elif carve_test:
         x_test, y_test = pool_x[np.sort(test_idx)], pool_y[np.sort(test_idx)]
     else:
-        x_test = y_test = None
+        x_test = y_test = None  # type: ignore[assignment]  # no test split: Splits holds None
     mean, std = _channel_stats(x_train)
     return Splits(
         x_train=x_train, y_train=y_train,

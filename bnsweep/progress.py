@@ -292,7 +292,7 @@ class SweepMonitor(Callback):
 def _tune_controller() -> Any:
     """The Ray Tune ``TuneController`` calling this callback (Ray hands callbacks no reference to it;
     it is the ``self`` of a caller a few frames up)."""
-    f = sys._getframe(1)
+    f: Any = sys._getframe(1)
     for _ in range(12):
         if f is None:
             break

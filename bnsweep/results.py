@@ -285,7 +285,7 @@ def _seed_dir(run_dir: str | Path, trial_id: str, seed: int) -> Path:
 
 
 def save_trial_start(run_dir: str | Path, *, trial_id: str, seed: int, replicate: int,
-                     config: Mapping[str, Any], meta: Mapping[str, Any]) -> Path:
+                     config: Mapping[str, Any] | TrialConfig, meta: Mapping[str, Any]) -> Path:
     """Record a replicate's config when it starts (``started.json``), so a running or crashed
     replicate shows its hyperparameters in the table. Optional: without it the config of a running
     replicate is taken from a finished sibling seed of the same trial."""

@@ -553,7 +553,7 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
                                       f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
                                       "the run directory is damaged") from None
                 # callbacks are not part of the restored state: re-attach ours
-                tuner._local_tuner._run_config.callbacks = [monitor]
+                tuner._local_tuner._run_config.callbacks = [monitor]  # type: ignore[union-attr]
             else:
                 tuner = tune.Tuner(
                     trainable,

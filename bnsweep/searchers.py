@@ -28,9 +28,10 @@ class ResumableOptunaSearch(OptunaSearch):
         self._max_configurations = max_configurations
 
     def ended_in_study(self) -> int:
+        assert self._ot_study is not None, "the searcher is not set up yet"
         return sum(t.state in ENDED for t in self._ot_study.get_trials(deepcopy=False))
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # (Searcher.FINISHED)
         cap = getattr(self, "_max_configurations", None)  # absent in searchers pickled by older versions
         if cap is not None and trial_id not in self._ot_trials:
             live = sum(tid not in self._completed_trials for tid in self._ot_trials)

@@ -80,10 +80,11 @@ def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id:
             continue
         cfg = trial_config_for(resolved, seed)
         run = TrialRun(cfg, data=data, checkpoint_dir=d / "checkpoint", threads=meta.get("threads"))
-        run.replicate, run.started_at = i, now_iso()  # type: ignore[attr-defined]
+        started_at = now_iso()
+        run.replicate, run.started_at = i, started_at  # type: ignore[attr-defined]
         runs[seed] = run
         save_trial_start(run_dir, trial_id=trial_id, seed=seed, replicate=i, config=run.config,
-                         meta={**record_meta, "started_at": run.started_at})
+                         meta={**record_meta, "started_at": started_at})
         trackers[seed] = TrialTracker.start(
             tracking=tracking, run_dir=run_dir, sweep=meta["sweep"], trial_id=trial_id, seed=seed,
             group=_group(run.config),

@@ -105,8 +105,11 @@ class _FakeRay:
 
 @pytest.mark.parametrize("host, warns", [(None, False), ("127.0.0.1", False), ("localhost", False),
                                          ("0.0.0.0", True), ("192.0.2.7", True), ("::", True)])
-def test_dashboard_listens_on_localhost_unless_asked_and_then_warns_about_shadowray(tmp_path, capsys, monkeypatch,
-                                                                                   host, warns):
+def test_dashboard_host_localhost_unless_asked_then_shadowray_warning_checked_on_a_fake_ray_init(
+        tmp_path, capsys, monkeypatch, host, warns):
+    """The arguments ``launch`` gives ``ray.init`` for each host (a fake ``ray.init`` records them: binding a
+    real dashboard to 0.0.0.0 would expose this machine); the real dashboard is checked on 127.0.0.1 in
+    test_a_real_sweep_keeps_secrets_out_of_everything_it_writes_and_its_dashboard_local."""
     import ray
 
     from bnsweep import cli, search
