@@ -224,7 +224,7 @@ def build_grouped_resnet(cfg: Any, n: int, *, name: str = "grouped_resnet") -> A
     import keras
     from keras import layers
 
-    from bnsweep.models import BN_EPSILON, BN_MOMENTUM, layer_specs
+    from bnsweep.models import BN_EPSILON, BN_MOMENTUM, layer_specs, resnet_trunk
 
     specs = {s.name: s for s in layer_specs(cfg)}
 
@@ -237,16 +237,7 @@ def build_grouped_resnet(cfg: Any, n: int, *, name: str = "grouped_resnet") -> A
         return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=spec_name)(x)
 
     inputs = keras.Input((32, 32, 3 * n), name="stacked_images")
-    x = layers.ReLU(name="stem_relu")(bn(conv(inputs, "stem_conv"), "stem_bn"))
-    for stage in (1, 2, 3):
-        for block in range(1, cfg.blocks_per_stage + 1):
-            p = f"stage{stage}_block{block}"
-            y = layers.ReLU(name=f"{p}_relu1")(bn(conv(x, f"{p}_conv1"), f"{p}_bn1"))
-            y = bn(conv(y, f"{p}_conv2"), f"{p}_bn2")
-            if f"{p}_shortcut_conv" in specs:
-                x = bn(conv(x, f"{p}_shortcut_conv"), f"{p}_shortcut_bn")
-            x = layers.ReLU(name=f"{p}_relu2")(layers.Add(name=f"{p}_add")([x, y]))
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = resnet_trunk(inputs, cfg, conv=conv, bn=bn)
     out = specs["output"]
     outputs = GroupedDense(n, out.in_channels, out.out_channels, name="output")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -17,8 +17,9 @@ parameter/FLOP accounting in ``regimes.py`` both read it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from bnsweep.config import ModelConfig
 
@@ -88,6 +89,26 @@ def layer_specs(cfg: ModelConfig) -> list[LayerSpec]:
     return specs
 
 
+def resnet_trunk(inputs: Any, cfg: ModelConfig, *, conv: Callable[[Any, str], Any],
+                 bn: Callable[[Any, str], Any]) -> Any:
+    """The CIFAR ResNet's topology, once for every builder: stem, 3 stages of ``cfg.blocks_per_stage``
+    basic blocks (a projection shortcut where ``layer_specs`` has one), global average pooling. ``conv``
+    and ``bn`` make the layer named by a ``layer_specs`` name (how: initializers, grouping)."""
+    from keras import layers
+
+    specs = {s.name for s in layer_specs(cfg)}
+    x = layers.ReLU(name="stem_relu")(bn(conv(inputs, "stem_conv"), "stem_bn"))
+    for stage in (1, 2, 3):
+        for block in range(1, cfg.blocks_per_stage + 1):
+            p = f"stage{stage}_block{block}"
+            y = layers.ReLU(name=f"{p}_relu1")(bn(conv(x, f"{p}_conv1"), f"{p}_bn1"))
+            y = bn(conv(y, f"{p}_conv2"), f"{p}_bn2")
+            if f"{p}_shortcut_conv" in specs:
+                x = bn(conv(x, f"{p}_shortcut_conv"), f"{p}_shortcut_bn")
+            x = layers.ReLU(name=f"{p}_relu2")(layers.Add(name=f"{p}_add")([x, y]))
+    return layers.GlobalAveragePooling2D(name="pool")(x)
+
+
 def build_resnet(cfg: ModelConfig, *, seed: int, name: str | None = None):  # -> keras.Model
     """The network on normalized float32 images (N, 32, 32, 3). Deterministic given ``seed``.
 
@@ -120,16 +141,7 @@ def build_resnet(cfg: ModelConfig, *, seed: int, name: str | None = None):  # ->
             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_initializer=gamma, name=spec_name)(x)
 
     inputs = keras.Input((32, 32, 3), name="images")
-    x = layers.ReLU(name="stem_relu")(bn(conv(inputs, "stem_conv"), "stem_bn"))
-    for stage in (1, 2, 3):
-        for block in range(1, cfg.blocks_per_stage + 1):
-            p = f"stage{stage}_block{block}"
-            y = layers.ReLU(name=f"{p}_relu1")(bn(conv(x, f"{p}_conv1"), f"{p}_bn1"))
-            y = bn(conv(y, f"{p}_conv2"), f"{p}_bn2")
-            if f"{p}_shortcut_conv" in specs:
-                x = bn(conv(x, f"{p}_shortcut_conv"), f"{p}_shortcut_bn")
-            x = layers.ReLU(name=f"{p}_relu2")(layers.Add(name=f"{p}_add")([x, y]))
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = resnet_trunk(inputs, cfg, conv=conv, bn=bn)
     outputs = layers.Dense(
         cfg.num_classes, name="output",
         kernel_initializer=keras.initializers.VarianceScaling(

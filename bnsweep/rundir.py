@@ -115,8 +115,9 @@ class RunLock:
         """Whether the lock described by ``info`` no longer protects a live driver."""
         if info is None:
             return True
-        if self._fd is None and self.path.exists() and _flock_supported(self.path):
-            return not _flock_held(self.path)
+        state = _flock_state(self.path) if self._fd is None and self.path.exists() else "unknown"
+        if state != "unknown":
+            return state == "free"
         try:
             pid = int(info.get("pid", -1))
         except (TypeError, ValueError):
@@ -203,39 +204,24 @@ class RunLock:
         self.release()
 
 
-def _flock_supported(path: Path) -> bool:
+def _flock_state(path: Path) -> str:
+    """``"held"`` when some process holds an exclusive ``flock`` on ``path`` (this one's other fds
+    included), ``"free"`` when nobody does, ``"unknown"`` where the file cannot be opened or the file
+    system has no ``flock`` (some network file systems)."""
     import fcntl
 
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return False
+        return "unknown"
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
+        return "free"
     except BlockingIOError:
-        return True
+        return "held"
     except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _flock_held(path: Path) -> bool:
-    """Whether some process holds an exclusive ``flock`` on ``path`` (this one's other fds included)."""
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
+        return "unknown"
     finally:
         os.close(fd)
 
