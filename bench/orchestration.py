@@ -18,6 +18,8 @@ and every Ray process it started: peak RSS of each (item 5).
 
     .venv/bin/python bench/orchestration.py --trials 4 --epochs 6          # ~4 × 60 s per contender
     .venv/bin/python bench/orchestration.py --trials 2 --epochs 1 --depth 8 --only launch   # memory, quick
+    .venv/bin/python bench/orchestration.py --trials 2 --epochs 5 --only launch,launch-bare,plain-tune --rounds 3
+                                        # launch vs the bare script, interleaved; launch-bare = no dashboard, no W&B
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def _env() -> dict[str, str]:
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def run_launch(a: argparse.Namespace, tmp: Path, spec_file: Path) -> dict:
-    run_dir = tmp / "launch-run"
+def run_launch(a: argparse.Namespace, tmp: Path, spec_file: Path, name: str = "launch") -> dict:
+    run_dir = tmp / f"{name}-run"
     cmd = [sys.executable, "-m", "bnsweep", "launch", str(spec_file), "--run-dir", str(run_dir), "--quiet"]
     if a.no_dashboard:
         cmd.append("--no-dashboard")
@@ -140,39 +142,68 @@ def main() -> None:
     p.add_argument("--in-process-nice", type=int, default=15,
                    help="niceness of the in-process run: Ray 2.60 starts its workers at niceness 15, so on a "
                         "shared machine the Ray contenders' trials yield to every normal-priority process")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the contenders, order alternating, and print "
+                   "the median of per-round ratios (sequential runs on a noisy machine)")
     p.add_argument("--json")
     a = p.parse_args()
     info = machine()
     print(f"machine: {info['cpu']}, load {info['loadavg']}", flush=True)
     res: dict[str, dict] = {}
+    rounds: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bnsweep-bench-") as d:
         tmp = Path(d)
         spec_file = tmp / "spec.yaml"
         spec_file.write_text(spec_text(a))
+        bare = argparse.Namespace(**{**vars(a), "no_dashboard": True, "no_wandb": True})
+        bare_spec = tmp / "spec-bare.yaml"
+        bare_spec.write_text(spec_text(bare))
         cfg_file = tmp / "configs.json"
         cfg_file.write_text(json.dumps(trial_configs(spec_file)))
         threads = str(int(a.cpus) if a.cpus else len(os.sched_getaffinity(0)))
-        for which in a.only.split(","):
-            print(f"  running {which} ... (load {os.getloadavg()[0]:.1f})", flush=True)
-            if which == "launch":
-                res[which] = run_launch(a, tmp, spec_file)
-            elif which == "in-process":
-                res[which] = run_events(["nice", "-n", str(a.in_process_nice), sys.executable,
-                                         str(ROOT / "bench" / "_sweep_in_process.py"), str(cfg_file), threads])
-            else:
-                ev = tmp / "plain-events.jsonl"
-                res[which] = run_events([sys.executable, str(ROOT / "bench" / "_sweep_plain_tune.py"), str(cfg_file),
-                                         str(tmp / "plain-tune"), threads, str(ev)], ev)
-            r = res[which]
-            r["sum_trials"] = sum(r["trial_walls"])
-            r["overhead_ratio"] = r["wall"] / r["sum_trials"] if r["sum_trials"] else float("nan")
-            print(f"    {which}: wall {r['wall']:.1f} s, Σ trials {r['sum_trials']:.1f} s "
-                  f"(median trial {statistics.median(r['trial_walls']):.1f} s), wall/Σ {r['overhead_ratio']:.3f}, "
-                  f"first epoch starts {r['first_start']:.1f} s, ends {r['first_epoch']:.1f} s after the command"
-                  + (f"; median epoch {statistics.median(r['epoch_seconds']):.2f} s" if r.get("epoch_seconds") else ""),
-                  flush=True)
-            if which == "launch":
-                print(f"    launch events (s after the command): {r['events'][:4]} ... {r['events'][-2:]}", flush=True)
+        contenders = a.only.split(",")
+        for rnd in range(a.rounds):
+            here = tmp / f"round-{rnd}"
+            here.mkdir()
+            for which in contenders if rnd % 2 == 0 else contenders[::-1]:  # A B C, C B A, ...
+                print(f"  round {rnd + 1}/{a.rounds}: running {which} ... (load {os.getloadavg()[0]:.1f})", flush=True)
+                if which == "launch":
+                    r = run_launch(a, here, spec_file)
+                elif which == "launch-bare":  # without the dashboard and W&B: what the bare script has
+                    r = run_launch(bare, here, bare_spec, name="launch-bare")
+                elif which == "launch-nodash":  # W&B on, no dashboard
+                    r = run_launch(argparse.Namespace(**{**vars(a), "no_dashboard": True}), here, spec_file,
+                                   name="launch-nodash")
+                elif which == "in-process":
+                    r = run_events(["nice", "-n", str(a.in_process_nice), sys.executable,
+                                    str(ROOT / "bench" / "_sweep_in_process.py"), str(cfg_file), threads])
+                else:
+                    ev = here / "plain-events.jsonl"
+                    r = run_events([sys.executable, str(ROOT / "bench" / "_sweep_plain_tune.py"), str(cfg_file),
+                                    str(here / "plain-tune"), threads, str(ev)], ev)
+                r["sum_trials"] = sum(r["trial_walls"])
+                r["overhead_ratio"] = r["wall"] / r["sum_trials"] if r["sum_trials"] else float("nan")
+                res[which] = r
+                rounds.setdefault(which, []).append(r)
+                print(f"    {which}: wall {r['wall']:.1f} s, Σ trials {r['sum_trials']:.1f} s "
+                      f"(median trial {statistics.median(r['trial_walls']):.1f} s), wall/Σ {r['overhead_ratio']:.3f}, "
+                      f"first epoch starts {r['first_start']:.1f} s, ends {r['first_epoch']:.1f} s after the command"
+                      + (f"; median epoch {statistics.median(r['epoch_seconds']):.2f} s"
+                         if r.get("epoch_seconds") else ""), flush=True)
+                if which.startswith("launch"):
+                    print(f"    {which} events (s after the command): {r['events'][:4]} ... {r['events'][-2:]}",
+                          flush=True)
+    if a.rounds > 1 and "plain-tune" in rounds:
+        print(f"\nover {a.rounds} rounds (order alternating), median of per-round ratios to plain-tune:")
+        for which in rounds:
+            if which == "plain-tune":
+                continue
+            pairs = list(zip(rounds[which], rounds["plain-tune"], strict=True))
+            wall = sorted(x["wall"] / y["wall"] for x, y in pairs)
+            ep = sorted(statistics.median(x["epoch_seconds"]) / statistics.median(y["epoch_seconds"])
+                        for x, y in pairs if x.get("epoch_seconds") and y.get("epoch_seconds"))
+            print(f"  {which:11s} / plain-tune: wall {statistics.median(wall):.3f} "
+                  f"(rounds {wall[0]:.3f}–{wall[-1]:.3f})"
+                  + (f", epoch time {statistics.median(ep):.3f} ({ep[0]:.3f}–{ep[-1]:.3f})" if ep else ""))
     print(f"\n{a.trials} trials × {a.epochs} epochs, ResNet-{a.depth} {a.regime}, cpus per trial {a.cpus or 'default'}")
     base = res.get("in-process")
     for which, r in res.items():
@@ -191,7 +222,7 @@ def main() -> None:
               f"wall {res['launch']['wall']:.1f} s):")
         for role, sec in sorted(cpu.items(), key=lambda kv: -kv[1]):
             print(f"    {role:18s} {sec:7.1f} s")
-    write_json(a.json, {"machine": info, "args": vars(a), "results": res})
+    write_json(a.json, {"machine": info, "args": vars(a), "results": res, "rounds": rounds})
 
 
 if __name__ == "__main__":
