@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -40,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from bnsweep.config import DataConfig, ModelConfig, OptimizerConfig, TrialConfig, config_hash, flatten
+from bnsweep.rundir import atomic_write as _atomic_write
 
 RESULT_FILE = "result.json"
 WEIGHTS_FILE = "final_weights.npz"
@@ -236,43 +238,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Any, *, pause_point: str | None = None) -> None:
-    """``write(file_object)`` into a temporary sibling, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if pause_point:
-            from bnsweep.rundir import pause_for_tests
-
-            pause_for_tests(pause_point)  # test-only kill point: written, not yet renamed
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -774,7 +739,7 @@ def write_results_table(run_dir: str | Path) -> pd.DataFrame:
     reps = _replicates(run_dir)  # read once for both tables
     results, history = _results_frame(reps, run_dir), _history_frame(reps, run_dir)
     for name, df in (("results", results), ("history", history)):
-        _atomic_write(run_dir / f"{name}.parquet", lambda f, df=df: df.to_parquet(f, index=False),
+        _atomic_write(run_dir / f"{name}.parquet", functools.partial(df.to_parquet, index=False),
                       pause_point="table-write")
-        _atomic_write(run_dir / f"{name}.csv", lambda f, df=df: f.write(df.to_csv(index=False).encode()))
+        _atomic_write(run_dir / f"{name}.csv", functools.partial(df.to_csv, index=False))
     return results

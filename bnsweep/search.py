@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnsweep.rundir import RunDirError, RunLock, atomic_write_text, git_commit, now_iso, read_sweep_json, seed_dir
+from bnsweep.rundir import (
+    RunDirError,
+    RunLock,
+    atomic_write_bytes,
+    atomic_write_text,
+    git_commit,
+    now_iso,
+    read_sweep_json,
+    seed_dir,
+)
 
 STUDY_NAME = "bnsweep"
 
@@ -199,8 +208,7 @@ def _check_ray_state(run_dir: Path) -> bool:
     backup = ray_dir / BACKUP_DIR
     tuner = ray_dir / "tuner.pkl"
     if not _pickle_complete(tuner) and _pickle_complete(backup / "tuner.pkl"):
-        shutil.copyfile(backup / "tuner.pkl", ray_dir / ".tuner.pkl.tmp")
-        os.replace(ray_dir / ".tuner.pkl.tmp", tuner)
+        atomic_write_bytes(tuner, (backup / "tuner.pkl").read_bytes())
     if not _pickle_complete(tuner):
         if trials_ran:
             raise RunDirError(f"{tuner}: missing, but trials have run; Ray Tune's state of this sweep is lost "
@@ -215,8 +223,7 @@ def _check_ray_state(run_dir: Path) -> bool:
             torn.mkdir(exist_ok=True)
             os.replace(p, torn / p.name)
         for p in _snapshot_files(backup):
-            shutil.copyfile(p, ray_dir / f".{p.name}.tmp")
-            os.replace(ray_dir / f".{p.name}.tmp", ray_dir / p.name)
+            atomic_write_bytes(ray_dir / p.name, p.read_bytes())
         print(f"note: {ray_dir}: Ray's last experiment snapshot was torn by the crash; restored the copy "
               f"saved at the last trial start (moved the torn files to {torn.name}/)", file=sys.stderr)
         return True

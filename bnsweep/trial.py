@@ -26,6 +26,7 @@ import numpy as np
 
 from bnsweep.config import TrialConfig, config_hash
 from bnsweep.data import Splits, load_data
+from bnsweep.rundir import atomic_write, atomic_write_text
 
 Status = Literal["completed", "pruned", "diverged", "failed"]
 
@@ -252,12 +253,10 @@ class TrialRun:
         import keras
 
         arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self._variables())}
-        tmp = self.checkpoint_dir / "variables.tmp.npz"
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, self.checkpoint_dir / "variables.npz")
+        atomic_write(self.checkpoint_dir / "variables.npz", lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
         state = {"epoch": self.epoch, "config_hash": config_hash(self.config),
                  "history": [asdict(m) for m in self.history]}
-        _atomic_write_text(self.checkpoint_dir / "state.json", json.dumps(state))
+        atomic_write_text(self.checkpoint_dir / "state.json", json.dumps(state))
 
     def _restore(self) -> None:
         assert self.checkpoint_dir is not None
@@ -315,10 +314,3 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

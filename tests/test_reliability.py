@@ -590,13 +590,12 @@ def test_every_run_directory_write_goes_through_an_atomic_helper():
     import re
 
     allowed = {  # module -> functions allowed to open files for writing
-        "rundir.py": {"atomic_write_text", "atomic_write_bytes", "_acquire_by_pid"},
-        "results.py": {"_atomic_write"},
+        "rundir.py": {"atomic_write", "_acquire_by_pid"},  # the one write-then-rename helper, and the lock
         "worker.py": {"_test_faults"},  # the test-only epoch log, outside any run directory
     }
     pattern = re.compile(r"\bopen\([^)]*[\"'](?:w|wb|a|ab|x|w\+)[\"']|\.write_text\(|\.write_bytes\(|np\.savez\(|"
                          r"\.to_csv\([^)]*[\"/]|\.to_parquet\([^f]|json\.dump\(")
-    for name in ("rundir.py", "results.py", "search.py", "worker.py", "progress.py", "status.py"):
+    for name in ("rundir.py", "results.py", "search.py", "worker.py", "progress.py", "status.py", "trial.py"):
         fn = None
         for line in (ROOT / "bnsweep" / name).read_text().splitlines():
             m = re.match(r"\s*def (\w+)", line)
