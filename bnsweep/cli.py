@@ -313,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         if value == "" or (isinstance(value, list) and "" in value):
             print(f"bnsweep {args.verb}: {name.replace('_', '-')}: an empty path", file=sys.stderr)
             return EXIT_BAD_INPUT
-    try:
-        return int(args.func(args) or 0)
+    from bnsweep import interrupts
+
+    try:  # launch and resume: a Ctrl-C is never lost, nor lands inside Ray's start-up (bnsweep.interrupts)
+        with interrupts.catching() if args.verb in ("launch", "resume") else contextlib.nullcontext():
+            return int(args.func(args) or 0)
     except SpecError as e:
         for problem in e.problems:
             print(_printable(str(problem)), file=sys.stderr)

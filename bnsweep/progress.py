@@ -25,6 +25,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from bnsweep import interrupts
+
 BACKUP_DIR = ".bnsweep-backup"  # inside RUN_DIR/ray
 TABLE_INTERVAL_S = 5.0  # rewrite the results table at most this often while trials end (always at the end)
 
@@ -80,6 +82,7 @@ class SweepMonitor(Callback):
             self._write_table()
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        interrupts.redeliver_if_pending()  # a Ctrl-C the garbage collector swallowed: Tune stops gracefully
         if self._restored_checked:
             return
         self._restored_checked = True

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnsweep import interrupts
 from bnsweep.rundir import (
     RunDirError,
     RunLock,
@@ -398,15 +399,16 @@ def _start_ray(run_dir: Path, spec: Any, options: LaunchOptions, data_bytes: int
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
                               "logging_level": "ERROR", "configure_logging": True}
     try:
-        if options.address:
-            ctx = ray.init(address=options.address, **kwargs)
-        else:
-            ctx = ray.init(
-                num_cpus=options.num_cpus, num_gpus=options.num_gpus,
-                include_dashboard=options.dashboard, dashboard_host=options.dashboard_host,
-                dashboard_port=_dashboard_port(options),
-                object_store_memory=max(100 << 20, 2 * data_bytes + (64 << 20)),  # data once + headroom
-                **kwargs)
+        with interrupts.deferred("stopping once Ray has started"):  # a half-started Ray can crash on shutdown
+            if options.address:
+                ctx = ray.init(address=options.address, **kwargs)
+            else:
+                ctx = ray.init(
+                    num_cpus=options.num_cpus, num_gpus=options.num_gpus,
+                    include_dashboard=options.dashboard, dashboard_host=options.dashboard_host,
+                    dashboard_port=_dashboard_port(options),
+                    object_store_memory=max(100 << 20, 2 * data_bytes + (64 << 20)),  # data once + headroom
+                    **kwargs)
     except (ConnectionError, ValueError, TimeoutError, RuntimeError) as e:
         with contextlib.suppress(Exception):
             ray.shutdown()
@@ -528,10 +530,12 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
     monitor: Any = None
     table = None
     try:  # (a Ctrl-C while Ray starts must not leave its processes behind either)
+        interrupts.raise_if_pending()  # one the garbage collector swallowed while the data loaded
         dashboard = _start_ray(run_dir, spec, options, data_bytes)
         if started_here and not options.address:
             _keep_credentials_out_of_ray_logs()
         searcher, n = _make_search(spec, storage_url)
+        interrupts.raise_if_pending()
         if before_tuner is not None:
             before_tuner()
         info = read_sweep_json(run_dir)
@@ -573,7 +577,8 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
                         name="ray", storage_path=str(run_dir), verbose=0, callbacks=[monitor],
                         failure_config=tune.FailureConfig(max_failures=spec.retries)),
                 )
-            tuner.fit()
+            interrupts.raise_if_pending()
+            tuner.fit()  # (inside, SweepMonitor hands a swallowed Ctrl-C to Ray Tune's handler)
             pause_for_tests("sweep-end")
         finally:
             from bnsweep.results import write_results_table
