@@ -360,6 +360,76 @@ def test_kill_campaign_resume_after_every_kind_of_death(tmp_path):
           + "; ".join(kills))
 
 
+STARTUP_MOMENTS = [  # (milestone, seconds after it): data loading, Ray starting, the search, the Tuner's start
+    ("the lock", 0.0), ("the lock", 2.0), ("the lock", 4.0), ("sweep.json", 0.0),
+    ("the launched event", 0.15),  # where a Ctrl-C was dropped by CPython (in a weakref callback) and lost
+    ("the first trial", 0.0),
+]
+
+
+def _events(d: Driver) -> list[str]:
+    out = []
+    for line in d.out.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            out.append(json.loads(line)["event"])
+    return out
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_of_start_up_stops_cleanly(tmp_path):
+    """A Ctrl-C (SIGINT to the process group, as a terminal sends it) at 6 moments from taking the run
+    directory to the first trial: always exit 130 with a one-line message, never a traceback, a crash
+    (SIGSEGV from a half-started Ray), a lost Ctrl-C (the sweep running on to its end) or a Ray process
+    left behind."""
+    spec = _spec_file(tmp_path, KILL_SPEC)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="bnr", dir="/tmp"))  # short: Ray's socket paths must fit
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    milestones = {
+        "the lock": lambda run_dir, d: (run_dir / ".lock").exists(),
+        "sweep.json": lambda run_dir, d: (run_dir / "sweep.json").exists(),
+        "the launched event": lambda run_dir, d: "launched" in _events(d),
+        "the first trial": lambda run_dir, d: "started" in _events(d),
+    }
+    outcomes = []
+    try:
+        for i, (milestone, after) in enumerate(STARTUP_MOMENTS):
+            run_dir = tmp_path / f"run{i}"
+            d = Driver(["launch", str(spec), "--run-dir", str(run_dir), "--quiet", "--no-dashboard",
+                        "--num-cpus", "2"], logs=logs, name=f"{i}-launch", ray_tmp=ray_tmp)
+            d.wait_for(lambda run_dir=run_dir, d=d, m=milestone: milestones[m](run_dir, d), timeout=180,
+                       what=milestone)
+            time.sleep(after)
+            d._family.update(_descendants(d.proc.pid))
+            os.killpg(d.proc.pid, signal.SIGINT)
+            try:
+                rc = d.proc.wait(180)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                pytest.fail(f"{milestone} + {after} s: the driver did not stop:\n{d.tail()}")
+            deadline = time.time() + 10
+            while time.time() < deadline and [p for p in d._family if _cmdline(p)]:
+                time.sleep(0.2)
+            left = [_cmdline(p)[:80] for p in d._family if _cmdline(p)]
+            d.finish()
+            err = d.err.read_text() + d.out.read_text()
+            where = f"Ctrl-C at {milestone} + {after} s"
+            assert rc == 130, f"{where}: exit {rc}, events {_events(d)}\n{d.tail()}"
+            assert "Traceback" not in err and "Exception ignored" not in err, f"{where}:\n{d.tail()}"
+            assert not left, f"{where}: Ray processes left behind: {left}"
+            assert not (run_dir / ".lock").exists()
+            if (run_dir / "sweep.json").exists():
+                assert f"bnsweep resume {run_dir}" in err, f"{where}:\n{d.tail()}"
+                assert "finished" not in _events(d), f"{where}: the Ctrl-C was lost, the sweep ran to its end"
+            else:
+                assert "interrupted before the sweep started" in err, f"{where}:\n{d.tail()}"
+                assert not run_dir.exists()
+            outcomes.append(f"{where}: 130, {'resumable' if (run_dir / 'sweep.json').exists() else 'nothing written'}")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    print("\nCtrl-C campaign: " + "; ".join(outcomes))
+
+
 # ---------------------------------------------------------------- worker faults
 
 
