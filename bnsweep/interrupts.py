@@ -78,7 +78,7 @@ def catching() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)  # None: set from C
         sys.unraisablehook = previous_hook
         _installed, _pending = False, False
 
