@@ -1,7 +1,8 @@
 """Command line: ``python -m bnsweep {plan,launch,status,resume,export,plot} ...``.
 
 Bad input (spec, data files, arguments, run directories) ends in one line per problem on stderr
-and exit status 2, never a traceback; Ctrl-C ends a launch cleanly with how to resume (status 130).
+and exit status 2, never a traceback; Ctrl-C ends a launch cleanly with how to resume (status 130;
+SIGTERM likewise, status 143).
 
 >>> main(["plan", "no/such/spec.yaml"])  # doctest: +SKIP
 no/such/spec.yaml: no such file
@@ -20,6 +21,7 @@ from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -317,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # launch and resume: a Ctrl-C is never lost, nor lands inside Ray's start-up (bnsweep.interrupts)
         with interrupts.catching() if args.verb in ("launch", "resume") else contextlib.nullcontext():
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+        return EXIT_TERMINATED if status == EXIT_INTERRUPTED and interrupts.terminated() else status
     except SpecError as e:
         for problem in e.problems:
             print(_printable(str(problem)), file=sys.stderr)
@@ -337,11 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         where = getattr(args, "run_dir", None)
+        what = "terminated (SIGTERM)" if interrupts.terminated() else "interrupted"
         if args.verb == "launch" and not (where and (Path(where) / "sweep.json").exists()):
-            print("\ninterrupted before the sweep started; nothing was written. Launch it again.", file=sys.stderr)
+            print(f"\n{what} before the sweep started; nothing was written. Launch it again.", file=sys.stderr)
         elif args.verb in ("launch", "resume"):
-            print(f"\ninterrupted. Nothing finished is lost; continue with: bnsweep resume {where or 'RUN_DIR'}",
+            print(f"\n{what}. Nothing finished is lost; continue with: bnsweep resume {where or 'RUN_DIR'}",
                   file=sys.stderr)
         else:
-            print("\ninterrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"\n{what}.", file=sys.stderr)
+        return EXIT_TERMINATED if interrupts.terminated() else EXIT_INTERRUPTED

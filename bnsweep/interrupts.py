@@ -17,6 +17,11 @@ between the driver's start-up phases and at every step of Ray Tune's loop (``Swe
 is handed to Ray Tune's own handler so the sweep stops gracefully. ``deferred()`` holds a Ctrl-C until
 the block it guards has finished (a second Ctrl-C does not wait).
 
+SIGTERM (``kill PID``, a scheduler's time limit, ``systemctl stop``) stops at once, as a second Ctrl-C
+does, without Ray Tune's graceful stop: sent to the whole process group it has already ended Ray's own
+processes, and the graceful stop would wait a minute for them. ``ray.init`` installs Ray's crash-dump
+handler for SIGTERM; ``reassert()`` puts ours back. ``terminated()`` tells the CLI to exit 143, not 130.
+
 Example::
 
     with catching():
@@ -41,6 +46,7 @@ _installed = False
 _holding = False  # inside `deferred`: the first SIGINT is held, not raised
 _held = False  # a SIGINT arrived while holding
 _held_note = ""
+_terminated = False  # the stop came as SIGTERM
 
 
 def _in_main_thread() -> bool:
@@ -58,14 +64,33 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _term_handler(signum: int, frame: FrameType | None) -> None:
+    global _terminated
+    _terminated = True
+    _handler(signum, frame)  # held inside `deferred`, raised (KeyboardInterrupt) everywhere else
+
+
+def terminated() -> bool:
+    """The last ``catching()`` block was stopped by SIGTERM."""
+    return _terminated
+
+
+def reassert() -> None:
+    """Put this module's SIGINT and SIGTERM handlers back (``ray.init`` replaces the SIGTERM one)."""
+    if _installed and _in_main_thread():
+        signal.signal(signal.SIGINT, _handler)
+        signal.signal(signal.SIGTERM, _term_handler)
+
+
 @contextlib.contextmanager
 def catching() -> Iterator[None]:
-    """Install the remembering SIGINT handler for the block (main thread only; elsewhere a no-op)."""
-    global _installed, _pending
+    """Install the remembering SIGINT (and SIGTERM) handler for the block (main thread only; elsewhere a
+    no-op)."""
+    global _installed, _pending, _terminated
     if not _in_main_thread() or _installed:
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous, previous_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     previous_hook = sys.unraisablehook
 
     def quiet_about_dropped_ctrl_c(info: Any) -> None:  # remembered above; no "Exception ignored" traceback
@@ -73,12 +98,14 @@ def catching() -> Iterator[None]:
             previous_hook(info)
 
     signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _term_handler)
     sys.unraisablehook = quiet_about_dropped_ctrl_c
-    _installed, _pending = True, False
+    _installed, _pending, _terminated = True, False, False
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)  # None: set from C
+        signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
         sys.unraisablehook = previous_hook
         _installed, _pending = False, False
 

@@ -409,6 +409,7 @@ def _start_ray(run_dir: Path, spec: Any, options: LaunchOptions, data_bytes: int
                     dashboard_port=_dashboard_port(options),
                     object_store_memory=max(100 << 20, 2 * data_bytes + (64 << 20)),  # data once + headroom
                     **kwargs)
+        interrupts.reassert()  # Ray installs its own SIGTERM handler (a crash dump, exit 1)
     except (ConnectionError, ValueError, TimeoutError, RuntimeError) as e:
         with contextlib.suppress(Exception):
             ray.shutdown()

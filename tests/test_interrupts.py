@@ -181,3 +181,23 @@ def test_python_m_bnsweep_exits_130_after_a_ctrl_c_caught_inside_a_string_exec(t
         without = subprocess.run([sys.executable, "-m", "probe_without", "status", str(tmp_path)], env=env,
                                  capture_output=True, text=True, timeout=120)
         assert without.returncode == -signal.SIGINT, (without.returncode, without.stderr[-2000:])
+
+
+def test_sigterm_stops_at_once_like_a_second_ctrl_c_and_is_told_apart():
+    before = signal.getsignal(signal.SIGTERM)
+    with interrupts.catching():
+        assert not interrupts.terminated()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        assert interrupts.terminated()
+        with pytest.raises(KeyboardInterrupt), interrupts.deferred():  # held while Ray starts, like a Ctrl-C
+            signal.raise_signal(signal.SIGTERM)
+            held = True
+        assert held
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as ray.init does (with its crash-dump handler)
+        interrupts.reassert()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with interrupts.catching():
+        assert not interrupts.terminated()  # each block starts afresh

@@ -375,12 +375,31 @@ def _events(d: Driver) -> list[str]:
     return out
 
 
+def _signal_and_wait(d: Driver, send) -> tuple[int, list[str], str]:
+    """``send()`` a signal to a running driver; its exit status, the Ray processes it left alive, its output."""
+    d._family.update(_descendants(d.proc.pid))
+    send()
+    try:
+        rc = d.proc.wait(180)
+    except subprocess.TimeoutExpired:
+        d.kill()
+        pytest.fail(f"{d.name}: the driver did not stop:\n{d.tail()}")
+    deadline = time.time() + 20  # Ray's agents notice their raylet is gone within seconds
+    while time.time() < deadline and [p for p in d._family if _cmdline(p)]:
+        time.sleep(0.2)
+    left = [_cmdline(p)[:80] for p in d._family if _cmdline(p)]
+    d.finish()
+    return rc, left, d.err.read_text() + d.out.read_text()
+
+
 @pytest.mark.slow
-def test_ctrl_c_at_any_moment_of_start_up_stops_cleanly(tmp_path):
+def test_ctrl_c_at_any_moment_of_start_up_and_sigterm_stop_cleanly(tmp_path):
     """A Ctrl-C (SIGINT to the process group, as a terminal sends it) at 6 moments from taking the run
     directory to the first trial: always exit 130 with a one-line message, never a traceback, a crash
     (SIGSEGV from a half-started Ray), a lost Ctrl-C (the sweep running on to its end) or a Ray process
-    left behind."""
+    left behind. Then SIGTERM mid-trial, to the driver alone (`kill PID`) and to its whole process group
+    (a scheduler's time limit, which also ends Ray's own processes): exit 143 at once, how to resume, no
+    crash dump; the second run directory then resumes to the end with every replicate exactly once."""
     spec = _spec_file(tmp_path, KILL_SPEC)
     ray_tmp = Path(tempfile.mkdtemp(prefix="bnr", dir="/tmp"))  # short: Ray's socket paths must fit
     logs = tmp_path / "logs"
@@ -391,28 +410,17 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_cleanly(tmp_path):
         "the launched event": lambda run_dir, d: "launched" in _events(d),
         "the first trial": lambda run_dir, d: "started" in _events(d),
     }
+    common = ["--quiet", "--no-dashboard", "--num-cpus", "2"]
     outcomes = []
     try:
         for i, (milestone, after) in enumerate(STARTUP_MOMENTS):
             run_dir = tmp_path / f"run{i}"
-            d = Driver(["launch", str(spec), "--run-dir", str(run_dir), "--quiet", "--no-dashboard",
-                        "--num-cpus", "2"], logs=logs, name=f"{i}-launch", ray_tmp=ray_tmp)
+            d = Driver(["launch", str(spec), "--run-dir", str(run_dir), *common], logs=logs, name=f"{i}-launch",
+                       ray_tmp=ray_tmp)
             d.wait_for(lambda run_dir=run_dir, d=d, m=milestone: milestones[m](run_dir, d), timeout=180,
                        what=milestone)
             time.sleep(after)
-            d._family.update(_descendants(d.proc.pid))
-            os.killpg(d.proc.pid, signal.SIGINT)
-            try:
-                rc = d.proc.wait(180)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                pytest.fail(f"{milestone} + {after} s: the driver did not stop:\n{d.tail()}")
-            deadline = time.time() + 20  # Ray's agents notice their raylet is gone within seconds
-            while time.time() < deadline and [p for p in d._family if _cmdline(p)]:
-                time.sleep(0.2)
-            left = [_cmdline(p)[:80] for p in d._family if _cmdline(p)]
-            d.finish()
-            err = d.err.read_text() + d.out.read_text()
+            rc, left, err = _signal_and_wait(d, lambda d=d: os.killpg(d.proc.pid, signal.SIGINT))
             where = f"Ctrl-C at {milestone} + {after} s"
             assert rc == 130, f"{where}: exit {rc}, events {_events(d)}\n{d.tail()}"
             assert "Traceback" not in err and "Exception ignored" not in err, f"{where}:\n{d.tail()}"
@@ -425,9 +433,37 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_cleanly(tmp_path):
                 assert "interrupted before the sweep started" in err, f"{where}:\n{d.tail()}"
                 assert not run_dir.exists()
             outcomes.append(f"{where}: 130, {'resumable' if (run_dir / 'sweep.json').exists() else 'nothing written'}")
+
+        for to_group in (False, True):
+            run_dir = tmp_path / f"term-{'group' if to_group else 'pid'}"
+            d = Driver(["launch", str(spec), "--run-dir", str(run_dir), *common], logs=logs,
+                       name=run_dir.name, ray_tmp=ray_tmp)
+            d.wait_for(lambda run_dir=run_dir: _finished_trials(run_dir, 2) >= 1 and _mid_trial(run_dir, 3),
+                       timeout=300, what="a finished trial and one mid-way")
+            send = (lambda d=d: os.killpg(d.proc.pid, signal.SIGTERM)) if to_group else \
+                (lambda d=d: os.kill(d.proc.pid, signal.SIGTERM))
+            started = time.time()
+            rc, left, err = _signal_and_wait(d, send)
+            where = f"SIGTERM to the {'process group' if to_group else 'driver'} mid-trial"
+            assert rc == 143, f"{where}: exit {rc}\n{d.tail()}"
+            assert time.time() - started < 60, f"{where}: took {time.time() - started:.0f} s to stop"
+            assert "terminated (SIGTERM)" in err and f"bnsweep resume {run_dir}" in err, f"{where}:\n{d.tail()}"
+            assert "Traceback" not in err and "SIGTERM received" not in err, f"{where}:\n{d.tail()}"
+            assert not left, f"{where}: Ray processes left behind: {left}"
+            assert not (run_dir / ".lock").exists()
+            outcomes.append(f"{where}: 143 in {time.time() - started:.0f} s")
+
+        seen = _records(run_dir)
+        d = Driver(["resume", str(run_dir), *common], logs=logs, name="term-group-resume", ray_tmp=ray_tmp)
+        assert d.finish() == 0, d.tail()
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    print("\nCtrl-C campaign: " + "; ".join(outcomes))
+    df = pd.read_csv(run_dir / "results.csv")
+    assert len(df) == 10 and set(df["status"]) == {"completed"}, df[["trial_id", "seed", "status"]]
+    assert not df.duplicated(["trial_id", "seed"]).any()
+    assert all(_records(run_dir)[k] == v for k, v in seen.items()), "a finished record changed on resume"
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in _study(run_dir)]
+    print("\nCtrl-C / SIGTERM campaign: " + "; ".join(outcomes) + "; resumed after the group SIGTERM: 10/10")
 
 
 # ---------------------------------------------------------------- worker faults
