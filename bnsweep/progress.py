@@ -182,8 +182,7 @@ class SweepMonitor(Callback):
     def _backup(self, staging: Path, state_name: str) -> None:
         """Copy Ray's just-written state (its driver staging directory) into ray/.bnsweep-backup,
         each file written then renamed."""
-        from bnsweep.rundir import atomic_write_bytes
-        from bnsweep.search import _pickle_complete
+        from bnsweep.rundir import atomic_write_bytes, pickle_complete
 
         backup = self.run_dir / "ray" / BACKUP_DIR
         session = state_name.removeprefix("experiment_state-").removesuffix(".json")
@@ -196,7 +195,7 @@ class SweepMonitor(Callback):
             if session not in old.name and not old.name.startswith(".") and old.name != "tuner.pkl":
                 old.unlink(missing_ok=True)
         tuner = self.run_dir / "ray" / "tuner.pkl"  # written once, before any trial
-        if not (backup / "tuner.pkl").exists() and _pickle_complete(tuner):
+        if not (backup / "tuner.pkl").exists() and pickle_complete(tuner):
             atomic_write_bytes(backup / "tuner.pkl", tuner.read_bytes())
 
     def _warn_once(self, key: str, message: str) -> None:

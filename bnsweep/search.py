@@ -31,6 +31,7 @@ from bnsweep.rundir import (
     atomic_write_text,
     git_commit,
     now_iso,
+    pickle_complete,
     read_sweep_json,
     seed_dir,
 )
@@ -208,9 +209,9 @@ def _check_ray_state(run_dir: Path) -> bool:
     trials_ran = any((run_dir / "trials").glob("*/seed-*"))
     backup = ray_dir / BACKUP_DIR
     tuner = ray_dir / "tuner.pkl"
-    if not _pickle_complete(tuner) and _pickle_complete(backup / "tuner.pkl"):
+    if not pickle_complete(tuner) and pickle_complete(backup / "tuner.pkl"):
         atomic_write_bytes(tuner, (backup / "tuner.pkl").read_bytes())
-    if not _pickle_complete(tuner):
+    if not pickle_complete(tuner):
         if trials_ran:
             raise RunDirError(f"{tuner}: missing, but trials have run; Ray Tune's state of this sweep is lost "
                               "and it cannot continue. Its results so far are in results.csv; launch anew with "
@@ -234,19 +235,6 @@ def _check_ray_state(run_dir: Path) -> bool:
                       "usable backup; this sweep cannot continue. Its results so far are in results.csv")
 
 
-def _pickle_complete(p: Path) -> bool:
-    """A pickle file that is there and whole (it ends with the STOP opcode; a torn one does not)."""
-    try:
-        with open(p, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() < 2:
-                return False
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"."
-    except OSError:
-        return False
-
-
 def _snapshot_files(d: Path) -> list[Path]:
     return [p for p in d.glob("*") if p.is_file() and p.name.startswith(("experiment_state-", "search_gen_state-",
                                                                         "searcher-state-"))]
@@ -265,7 +253,7 @@ def _ray_snapshot_ok(d: Path) -> bool:
             return False
         # the searcher's state (search_gen_state-*.json is a pickle too, despite its name)
         for p in [*d.glob(f"search_gen_state-{session}.json"), *d.glob(f"searcher-state-{session}.pkl")]:
-            if not _pickle_complete(p):
+            if not pickle_complete(p):
                 return False
     except (OSError, ValueError):
         return False

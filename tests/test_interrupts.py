@@ -1,13 +1,16 @@
-"""Ctrl-C in the driver (bnsweep.interrupts): a SIGINT that CPython drops is raised again; one that lands
-while Ray starts waits for Ray to be up.
+"""Ctrl-C and SIGTERM in the driver (bnsweep.interrupts): a SIGINT that CPython drops is raised again; one
+that lands while Ray starts waits for Ray to be up; SIGTERM stops at once and is told apart.
 
-These send real SIGINTs to this process (pytest's own handler is put back after each test). The
-end-to-end Ctrl-C of a real launch is in test_reliability's kill campaign."""
+These send real signals to this process (pytest's own handlers are put back after each test). Real
+launches interrupted end to end: test_reliability's kill campaign and its Ctrl-C / SIGTERM campaign."""
 
 from __future__ import annotations
 
 import gc
+import os
 import signal
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -134,9 +137,7 @@ def test_the_sweep_monitor_hands_a_dropped_ctrl_c_to_ray_tunes_handler(tmp_path)
             signal.signal(signal.SIGUSR1, usr1)
 
 
-def test_a_dropped_ctrl_c_prints_no_traceback_but_other_dropped_errors_still_do(capsys):
-    import sys
-
+def test_a_dropped_ctrl_c_prints_no_traceback_but_other_dropped_errors_still_do():
     seen: list[type] = []
     before = sys.unraisablehook
     sys.unraisablehook = lambda info: seen.append(info.exc_type)
@@ -159,10 +160,6 @@ def test_python_m_bnsweep_exits_130_after_a_ctrl_c_caught_inside_a_string_exec(t
     driver once printed its "interrupted" line and still died by SIGINT on CI. Here the interrupt is
     raised inside a string exec in place of `bnsweep status`, then bnsweep's real __main__ runs; without
     its reset (second run) the status is lost."""
-    import os
-    import subprocess
-    import sys
-
     probe = ("import runpy\n"
              "import bnsweep.cli as cli\n"
              "import bnsweep.interrupts as interrupts\n"
