@@ -8,8 +8,10 @@ of run directories, never Ray Tune's internals, and never writes into a run dire
 
 from __future__ import annotations
 
-from analysis.provenance import provenance, write_sidecar
-from analysis.tables import export, format_count, load_runs, paired_difference, summarize
+from bnsweep.analysis.provenance import provenance, write_sidecar
+from bnsweep.analysis.tables import export, load_runs, paired_difference, summarize
+
+from bnsweep.base.text import format_count
 
 __all__ = ["KINDS", "export", "format_count", "load_runs", "paired_difference", "plot", "provenance",
            "summarize", "write_sidecar"]
@@ -19,6 +21,6 @@ KINDS = ("params-vs-accuracy", "lr-curves", "batch-size", "gamma", "feature-maps
 
 def plot(*args, **kwargs):  # type: ignore[no-untyped-def]
     """``analysis.plots.plot`` (matplotlib is imported on first use)."""
-    from analysis.plots import plot as _plot
+    from bnsweep.analysis.plots import plot as _plot
 
     return _plot(*args, **kwargs)

@@ -17,6 +17,7 @@ Kinds (``plot(run_dirs, kind=..., out_dir=...)``):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,13 +30,14 @@ os.environ.setdefault("MPLCONFIGDIR", str(Path(os.environ.get("BNSWEEP_CACHE", P
 
 import numpy as np
 import pandas as pd
+from bnsweep.analysis.provenance import figure_metadata, provenance, write_sidecar
+from bnsweep.analysis.tables import HEADERS, RunDirs, _as_list, load_runs, summarize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from analysis.provenance import figure_metadata, provenance, write_sidecar
-from analysis.tables import HEADERS, RunDirs, _as_list, load_runs, summarize
-from bnsweep.config import REGIMES
+from bnsweep.base.atomic import atomic_write
+from bnsweep.spec.config import REGIMES
 
 KINDS = ("params-vs-accuracy", "lr-curves", "batch-size", "gamma", "feature-maps", "filters")
 GAMMA_THRESHOLD = 0.01
@@ -114,7 +116,7 @@ def _params_vs_accuracy(dirs: list[Path], *, metric: str, **_: Any) -> tuple[Fig
 
 
 def _histories(dirs: list[Path]) -> pd.DataFrame:
-    from bnsweep.results import load_history, read_table
+    from bnsweep.store.table import load_history, read_table
 
     frames = []
     for d in dirs:
@@ -131,7 +133,7 @@ def _histories(dirs: list[Path]) -> pd.DataFrame:
 
 
 def _lr_curves(dirs: list[Path], **_: Any) -> tuple[Figure, str]:
-    from bnsweep.schedules import planned_lr
+    from bnsweep.spec.schedules import planned_lr
 
     df = load_runs(dirs)
     df = df[df["config_json"].notna()]
@@ -236,7 +238,7 @@ def _batch_size(dirs: list[Path], *, metric: str, **_: Any) -> tuple[Figure, str
 
 
 def _gammas(df: pd.DataFrame) -> dict[str, list[np.ndarray]]:
-    from bnsweep.results import WEIGHTS_FILE, load_weights
+    from bnsweep.store.records import WEIGHTS_FILE, load_weights
 
     out: dict[str, list[np.ndarray]] = {}
     for _, row in df.iterrows():
@@ -302,9 +304,9 @@ def _feature_maps(dirs: list[Path], *, trials: Sequence[str] | None = None, n_im
                   **_: Any) -> tuple[Figure, str]:
     import keras
 
-    from bnsweep.config import DataConfig
-    from bnsweep.data import load_data
-    from bnsweep.results import load_trained_net
+    from bnsweep.engine.data import load_data
+    from bnsweep.spec.config import DataConfig
+    from bnsweep.store.records import load_trained_net
 
     chosen = _select(load_runs(dirs), trials)
     n_filters = 16
@@ -375,9 +377,8 @@ def save_figure(fig: Figure, out_dir: str | Path, stem: str, *, prov: dict[str, 
     paths = []
     for fmt in formats:
         path = out_dir / f"{stem}.{fmt}"
-        tmp = out_dir / f".{stem}.{os.getpid()}.tmp.{fmt}"
-        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=figure_metadata(prov, title=title, fmt=fmt))
-        tmp.replace(path)
+        meta = figure_metadata(prov, title=title, fmt=fmt)
+        atomic_write(path, functools.partial(fig.savefig, format=fmt, dpi=dpi, metadata=meta))
         write_sidecar(path, {**prov, "title": title})
         paths.append(path)
     return paths
@@ -399,6 +400,6 @@ def plot(run_dirs: RunDirs, *, kind: str, out_dir: str | Path, trials: Sequence[
 
 def _effective_lr(cfg: dict[str, Any]) -> float:
     """The peak LR that trained (``lr`` scaled to the batch size when ``lr_scaling`` is set)."""
-    from bnsweep.config import TrialConfig
+    from bnsweep.spec.config import TrialConfig
 
     return TrialConfig.from_dict(cfg).effective_lr

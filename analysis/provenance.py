@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from bnsweep.base.atomic import atomic_write_text
 
 LIBRARIES = ("bnsweep", "pandas", "numpy", "pyarrow", "matplotlib", "keras", "tensorflow", "jax")
 
@@ -43,7 +44,7 @@ def project_commit() -> str | None:
     """This project's git commit (``-dirty`` with uncommitted changes), or None outside git."""
     here = Path(__file__).resolve().parent
     try:
-        from bnsweep.rundir import git_commit  # the same format as sweep.json's git_commit
+        from bnsweep.base.meta import git_commit  # the same format as sweep.json's git_commit
     except ImportError:  # pragma: no cover - fallback if the orchestrator's helper moves
         import subprocess
 
@@ -80,10 +81,7 @@ def sidecar_path(path: str | Path) -> Path:
 def write_sidecar(path: str | Path, prov: dict[str, Any]) -> Path:
     """Write ``prov`` next to ``path`` as ``<file>.provenance.json`` (atomically); returns it."""
     out = sidecar_path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"file": Path(path).name, **prov}, indent=1, default=str))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps({"file": Path(path).name, **prov}, indent=1, default=str))
     return out
 
 

@@ -18,9 +18,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from bnsweep.analysis.provenance import provenance, write_sidecar
 
-from analysis.provenance import provenance, write_sidecar
-from bnsweep.config import REGIMES
+from bnsweep.base.atomic import atomic_write, atomic_write_text
+from bnsweep.base.text import format_count
+from bnsweep.spec.config import REGIMES
 
 DEFAULT_GROUP: tuple[str, ...] = ("regime", "model.depth", "model.width")
 RunDirs = str | Path | Iterable[str | Path]
@@ -49,7 +51,7 @@ def load_runs(run_dirs: RunDirs) -> pd.DataFrame:
     """Results tables of one or several run directories (or ``results.parquet``/``.csv`` files),
     concatenated, with a ``run_dir`` column. Read-only: a run directory is read from its replicate
     records (current even while it runs); a directory holding only a results table is read from that."""
-    from bnsweep.results import load_results, read_table
+    from bnsweep.store.table import load_results, read_table
 
     frames = []
     for d in _as_list(run_dirs):
@@ -81,7 +83,7 @@ def _check_columns(df: pd.DataFrame, cols: Iterable[str]) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise KeyError(f"no column {', '.join(map(repr, missing))} in the results table "
-                       "(see bnsweep.results.COLUMNS)")
+                       "(see bnsweep.store.COLUMNS)")
 
 
 def _sort_cells(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -280,28 +282,6 @@ def paired_difference(df: pd.DataFrame | RunDirs, *, a: str, b: str, by: str = "
 # ------------------------------------------------------------------------------------------ formatting
 
 
-def format_count(n: float | int | None) -> str:
-    """Parameter counts the way papers print them: 650, 1.6K, 272K, 1.7M, 2.1B."""
-    if n is None or (isinstance(n, float) and math.isnan(n)) or n is pd.NA:
-        return "–"
-    x = float(n)
-    sign, x = ("-" if x < 0 else ""), abs(x)
-    if round(x) < 1000:
-        return f"{sign}{round(x)}"
-    for unit, scale in (("K", 1e3), ("M", 1e6), ("B", 1e9), ("T", 1e12)):
-        v = x / scale
-        if round(v, 1) < 10:
-            text = f"{v:.1f}"
-        elif round(v) < 1000 or unit == "T":
-            text = f"{round(v)}"
-        else:
-            continue
-        if text.endswith(".0"):
-            text = text[:-2]
-        return f"{sign}{text}{unit}"
-    raise AssertionError("unreachable")
-
-
 def _is_share(metric: str) -> bool:
     return "accuracy" in metric or metric == "gamma_near_zero"
 
@@ -458,13 +438,10 @@ def export(run_dirs: RunDirs, *, fmt: Literal["latex", "markdown", "csv", "parqu
         assert text is not None
         return text
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     if text is None:
-        summary.to_parquet(tmp, index=False)
+        atomic_write(out, lambda f: summary.to_parquet(f, index=False))
     else:
-        tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+        atomic_write_text(out, text)
     write_sidecar(out, {**prov, "format": fmt, "group_by": list(group_by), "metric": _metrics(metric)})
     return out
 

@@ -88,13 +88,13 @@ def _trial_config(c: dict[str, Any]) -> dict[str, Any]:
 
 
 class TrialContender:
-    """``bnsweep.trial.TrialRun.train_epoch`` (the real thing), optionally with Keras' stock BN."""
+    """``bnsweep.engine.trial.TrialRun.train_epoch`` (the real thing), optionally with Keras' stock BN."""
 
     def __init__(self, c: dict[str, Any], data: Any) -> None:
-        from bnsweep.trial import TrialRun
+        from bnsweep.engine.trial import TrialRun
 
         self.run = TrialRun(_trial_config(c), data=data, threads=c.get("threads"))
-        from bnsweep.fastbn import use_fast_batchnorm, use_stock_batchnorm
+        from bnsweep.engine.batchnorm import use_fast_batchnorm, use_stock_batchnorm
 
         if c.get("bn") == "stock":  # Keras' own BatchNormalization (autodiff through generic ops)
             use_stock_batchnorm(self.run.model)
@@ -120,11 +120,11 @@ class NotebookContender:
         import keras
         import tensorflow as tf
 
-        from bnsweep.config import TrialConfig
-        from bnsweep.fastbn import use_stock_batchnorm
-        from bnsweep.models import build_resnet
-        from bnsweep.regimes import apply_regime
-        from bnsweep.schedules import make_optimizer
+        from bnsweep.engine.batchnorm import use_stock_batchnorm
+        from bnsweep.engine.models import build_resnet
+        from bnsweep.engine.optimizers import make_optimizer
+        from bnsweep.engine.regimes import apply_regime
+        from bnsweep.spec.config import TrialConfig
 
         cfg = TrialConfig.from_dict(_trial_config(c))
         keras.utils.set_random_seed(cfg.seed)
@@ -158,7 +158,7 @@ class NotebookContender:
 
 class ReplicasContender:
     """N seeds of one configuration as N TrialRuns, each trained one epoch in turn — how
-    ``bnsweep.worker`` trains the replicates of a configuration in lockstep."""
+    ``bnsweep.sweep.trainable`` trains the replicates of a configuration in lockstep."""
 
     def __init__(self, c: dict[str, Any], data: Any) -> None:
         self.parts = [TrialContender({**c, "seed": s}, data) for s in range(c.get("replicas", 2))]
@@ -170,10 +170,10 @@ class ReplicasContender:
 
 
 class FusedContender:
-    """The same N seeds as one ``bnsweep.fused.FusedTrialRun`` (one model, one step per batch)."""
+    """The same N seeds as one ``bnsweep.engine.fused_replicates.FusedTrialRun`` (one model, one step per batch)."""
 
     def __init__(self, c: dict[str, Any], data: Any) -> None:
-        from bnsweep.fused import FusedTrialRun
+        from bnsweep.engine.fused_replicates import FusedTrialRun
 
         n = c.get("replicas", 2)
         self.run = FusedTrialRun(_trial_config(c), seeds=list(range(n)), data=data, layout=c.get("layout", "auto"),
@@ -193,7 +193,7 @@ CONTENDERS = {"trial": TrialContender, "notebook": NotebookContender, "replicas"
 def _data_config(path: str | None) -> Any:
     """The benchmark's data: the shared CIFAR-10 subset, another npz, or ``synthetic:N`` (machines
     without the shared folder, e.g. a lent GPU machine)."""
-    from bnsweep.config import DataConfig
+    from bnsweep.spec.config import DataConfig
 
     path = path or str(SUBSET)
     if path.startswith("synthetic"):
@@ -209,8 +209,8 @@ def worker_main() -> None:
         import keras
 
         keras.mixed_precision.set_global_policy(setup["precision"])
-    from bnsweep import accelerators
-    from bnsweep.data import load_data
+    from bnsweep.engine import backend as accelerators
+    from bnsweep.engine.data import load_data
 
     accelerators.configure_threads(setup.get("threads"))
     data = load_data(_data_config(setup.get("data_path")))

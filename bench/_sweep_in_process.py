@@ -13,9 +13,9 @@ import time
 def main() -> None:
     t_start = time.time()
     configs = json.loads(open(sys.argv[1]).read())  # noqa: SIM115
-    from bnsweep.config import TrialConfig
-    from bnsweep.data import load_data
-    from bnsweep.trial import TrialRun
+    from bnsweep.engine.data import load_data
+    from bnsweep.engine.trial import TrialRun
+    from bnsweep.spec.config import TrialConfig
 
     data = load_data(TrialConfig.from_dict(configs[0]).data)  # once, as launch does
     for i, cfg in enumerate(configs):

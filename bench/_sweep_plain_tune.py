@@ -1,6 +1,6 @@
 """Helper of bench/orchestration.py: "use the libraries directly" — a minimal hand-written Ray Tune +
 OptunaSearch script running the same K trials (grid over lr through Optuna's GridSampler), one at a
-time, each trial ``bnsweep.trial.run`` (the training code is not what is compared). Data put into the
+time, each trial ``bnsweep.engine.trial.run`` (the training code is not what is compared). Data put into the
 object store once (``tune.with_parameters``), ``reuse_actors=True``, no dashboard, no tracking, no
 results table. argv: configs.json, storage dir, cpus per trial, events file (the trainable appends its
 JSON-line events there: Ray workers' stdout does not reach this process). Prints JSON-line events.
@@ -24,8 +24,8 @@ def main() -> None:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from bnsweep.config import TrialConfig
-    from bnsweep.data import load_data
+    from bnsweep.engine.data import load_data
+    from bnsweep.spec.config import TrialConfig
 
     lrs = [c["lr"] for c in configs]
     base = {k: v for k, v in configs[0].items() if k != "lr"}
@@ -35,7 +35,7 @@ def main() -> None:
                                                                       "KERAS_BACKEND": "tensorflow"}})
 
     def trainable(config: dict, data: object = None) -> None:
-        from bnsweep.trial import run
+        from bnsweep.engine.trial import run
 
         def event(**e: object) -> None:
             with open(events, "a") as f:

@@ -1,6 +1,6 @@
 """Item 6 (fused replicates): N seeds of one configuration trained as one program
-(``bnsweep.fused.FusedTrialRun``) vs the same N seeds as N TrialRuns one after another per epoch (how
-``bnsweep.worker`` trains replicates), interleaved in one process; aggregate images/s (all seeds).
+(``bnsweep.engine.fused_replicates.FusedTrialRun``) vs the same N seeds as N TrialRuns one after another per epoch (how
+``bnsweep.sweep.trainable`` trains replicates), interleaved in one process; aggregate images/s (all seeds).
 
     .venv/bin/python bench/fused.py --replicas 2,4                        # CPU: layout auto = separate
     KERAS_BACKEND=jax python bench/fused.py --backend jax --replicas 2,4,8 --batch-size 128 \\

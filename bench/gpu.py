@@ -4,7 +4,7 @@
    contenders interleaved);
 2. several trials sharing the GPU: 1, 2 and 4 processes training at once (bn, batch 128), aggregate
    images/s;
-3. fused replicates: N = 2, 4, 8 seeds as one grouped model (``bnsweep.fused``, layout grouped) vs
+3. fused replicates: N = 2, 4, 8 seeds as one grouped model (``bnsweep.engine.fused_replicates``, layout grouped) vs
    N TrialRuns one after another (bn and all, batch 128).
 
 Each part is bounded (``--budget-s`` total, parts skipped when it runs out) and everything is written

@@ -4,7 +4,7 @@
   host, per-image ``dataset.map`` (tf.image pad to 40 + random 32-crop + random brightness ±0.5 +
   clip), shuffle, batch, prefetch; Keras' stock BatchNormalization; no XLA (``bench/_harness.py``,
   ``NotebookContender``).
-* ``bnsweep``: ``bnsweep.trial.TrialRun.train_epoch`` with ``data.augment: notebook`` and
+* ``bnsweep``: ``bnsweep.engine.trial.TrialRun.train_epoch`` with ``data.augment: notebook`` and
   ``normalize: false`` (the same augmentation, on the uint8 arrays, inside the model), everything else
   as a sweep runs it (``jit_compile: auto``, fast BN, direct batch feeding).
 

@@ -5,7 +5,7 @@ one seed, one trial at a time with all cores) run three ways, one after the othe
 
 * ``launch``: ``python -m bnsweep launch SPEC --quiet`` as a subprocess (local Ray, dashboard on unless
   ``--no-dashboard``, W&B offline, results table) — what a user runs;
-* ``in-process``: the K trials back to back in one process via ``bnsweep.trial.TrialRun``
+* ``in-process``: the K trials back to back in one process via ``bnsweep.engine.trial.TrialRun``
   (``bench/_sweep_in_process.py``) — no orchestration at all; run at niceness 15 like Ray's workers
   (Ray 2.60 starts every worker at niceness 15), so all three train at the same priority;
 * ``plain-tune``: a minimal hand-written Ray Tune + OptunaSearch script (``bench/_sweep_plain_tune.py``)
@@ -52,8 +52,8 @@ def spec_text(a: argparse.Namespace) -> str:
 
 
 def trial_configs(spec_file: Path) -> list[dict]:
-    from bnsweep.space import resolve_trial_config
-    from bnsweep.spec import load_spec
+    from bnsweep.spec.sweep_spec import load_spec
+    from bnsweep.sweep.space import resolve_trial_config
 
     spec = load_spec(spec_file)
     return [resolve_trial_config(spec, {"lr": lr}, seed=spec.seed) for lr in LRS[:len(spec.parameters["lr"].values)]]

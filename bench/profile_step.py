@@ -55,10 +55,10 @@ def main() -> None:
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from bnsweep.config import DataConfig
-    from bnsweep.data import load_data
-    from bnsweep.fastbn import use_fast_batchnorm, use_stock_batchnorm
-    from bnsweep.trial import TrialRun
+    from bnsweep.engine.batchnorm import use_fast_batchnorm, use_stock_batchnorm
+    from bnsweep.engine.data import load_data
+    from bnsweep.engine.trial import TrialRun
+    from bnsweep.spec.config import DataConfig
 
     data = load_data(DataConfig(source="npz", path=str(SUBSET), val_size=0))
     info = machine()

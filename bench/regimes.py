@@ -1,6 +1,6 @@
 """Item 2: BN-only vs all-trainable images/s, per backend, XLA on/off and BN implementation.
 
-Every contender is a real ``bnsweep.trial.TrialRun`` (ResNet-20, batch 128, the shared 5,085-image
+Every contender is a real ``bnsweep.engine.trial.TrialRun`` (ResNet-20, batch 128, the shared 5,085-image
 CIFAR-10 subset, ``steps`` steps per measured epoch, validation off), interleaved round by round.
 Reports images/s (median), the per-round-median ratios bn/all, fast/stock BN and XLA/no-XLA, and the
 achieved GFLOP/s (``regimes.account(...).train_flops`` × images/s) against the CPU's fp32 peak.
@@ -34,8 +34,8 @@ def main() -> None:
     p.add_argument("--json", help="write all measurements here")
     a = p.parse_args()
 
-    from bnsweep.config import ModelConfig
-    from bnsweep.regimes import account
+    from bnsweep.engine.regimes import account
+    from bnsweep.spec.config import ModelConfig
 
     regimes, bns = a.regimes.split(","), a.bn.split(",")
     workers, names = [], []

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bnsweep.base.text import printable
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
@@ -26,7 +28,7 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse prints usage + exits 2; keep it to one line
-        self.exit(EXIT_BAD_INPUT, _printable(f"{self.prog}: {message} (see --help)") + "\n")
+        self.exit(EXIT_BAD_INPUT, printable(f"{self.prog}: {message} (see --help)") + "\n")
 
 
 def _data_override(value: str) -> dict[str, Any]:
@@ -43,7 +45,7 @@ class _Bad(Exception):
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from bnsweep.spec import yaml_value
+    from bnsweep.spec.sweep_spec import yaml_value
 
     out: dict[str, Any] = {}
     data = getattr(args, "data", None) or os.environ.get("BNSWEEP_DATA_OVERRIDE")
@@ -65,7 +67,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Any:
     import dataclasses
 
-    from bnsweep.spec import SpecError, load_spec
+    from bnsweep.spec.sweep_spec import SpecError, load_spec
 
     spec = load_spec(args.spec, overrides=_overrides(args))
     changes = {k: getattr(args, k) for k in ("trials", "replicates", "max_concurrent")
@@ -109,7 +111,7 @@ def _check_ray_args(args: argparse.Namespace) -> None:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from bnsweep.search import LaunchOptions
+    from bnsweep.sweep.driver import LaunchOptions
 
     _check_ray_args(args)
     if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
@@ -126,7 +128,7 @@ def _options(args: argparse.Namespace) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bnsweep.plan import format_plan, make_plan
+    from bnsweep.report.plan import format_plan, make_plan
 
     spec = _load(args)
     report = make_plan(spec, probe=not args.no_probe)
@@ -138,7 +140,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from bnsweep.search import default_run_dir, launch
+    from bnsweep.sweep.driver import default_run_dir, launch
 
     spec = _load(args)
     options = _options(args)
@@ -148,14 +150,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from bnsweep.search import resume
+    from bnsweep.sweep.driver import resume
 
     outcome = resume(Path(args.run_dir), options=_options(args))
     return 0 if outcome.finished else EXIT_INTERRUPTED
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bnsweep.status import format_status, sweep_status
+    from bnsweep.report.status import format_status, sweep_status
 
     st = sweep_status(Path(args.run_dir))
     print(json.dumps(st, default=str) if args.json else format_status(st))
@@ -171,7 +173,7 @@ def _check_run_dirs(paths: list[str]) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from analysis.tables import export
+    from bnsweep.analysis.tables import export
 
     _check_run_dirs(args.run_dirs)
     group_by = tuple(g.strip() for g in args.group_by.split(",")) if args.group_by else None
@@ -191,7 +193,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from analysis.plots import plot
+    from bnsweep.analysis.plots import plot
 
     _check_run_dirs(args.run_dirs)
     out_dir = Path(args.out) if args.out else Path(args.run_dirs[0]) / "plots"
@@ -274,25 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _printable(text: str) -> str:
-    """One terminal line: newlines, escape sequences and other control characters (from a spec's keys or
-    values, a file name...) are shown escaped, never acted on."""
-    import unicodedata
-
-    out = []
-    for c in text:
-        if c.isprintable() or c == " ":
-            out.append(c)
-        elif unicodedata.category(c) in ("Cc", "Cs") or ord(c) < 0x20:
-            out.append(c.encode("unicode_escape", "backslashreplace").decode("ascii"))
-        else:  # format / private-use / unassigned (e.g. bidi overrides, zero-width): escaped too
-            out.append(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
-    return "".join(out)
-
-
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) if str(e) else type(e).__name__
-    return _printable(text[:2000])
+    return printable(text[:2000])
 
 
 def _broken_pipe() -> int:  # `bnsweep plan X | head`
@@ -304,10 +290,10 @@ def _broken_pipe() -> int:  # `bnsweep plan X | head`
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
-    from bnsweep.config import ConfigError
-    from bnsweep.data import DataError
-    from bnsweep.rundir import RunDirError
-    from bnsweep.spec import SpecError
+    from bnsweep.engine.data import DataError
+    from bnsweep.spec.errors import ConfigError
+    from bnsweep.spec.sweep_spec import SpecError
+    from bnsweep.store.rundir import RunDirError
 
     args = build_parser().parse_args(argv)
     for name in ("spec", "run_dir", "run_dirs", "data", "out"):  # '' would silently mean '.'
@@ -315,28 +301,28 @@ def main(argv: list[str] | None = None) -> int:
         if value == "" or (isinstance(value, list) and "" in value):
             print(f"bnsweep {args.verb}: {name.replace('_', '-')}: an empty path", file=sys.stderr)
             return EXIT_BAD_INPUT
-    from bnsweep import interrupts
+    from bnsweep.base import interrupts
 
-    try:  # launch and resume: a Ctrl-C is never lost, nor lands inside Ray's start-up (bnsweep.interrupts)
+    try:  # launch and resume: a Ctrl-C is never lost, nor lands inside Ray's start-up (bnsweep.base.interrupts)
         with interrupts.catching() if args.verb in ("launch", "resume") else contextlib.nullcontext():
             status = int(args.func(args) or 0)
         return EXIT_TERMINATED if status == EXIT_INTERRUPTED and interrupts.terminated() else status
     except SpecError as e:
         for problem in e.problems:
-            print(_printable(str(problem)), file=sys.stderr)
+            print(printable(str(problem)), file=sys.stderr)
         return EXIT_BAD_INPUT
     except (_Bad, ConfigError, DataError, RunDirError) as e:
         print(f"bnsweep {args.verb}: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except yaml.YAMLError as e:  # the spec reader should turn these into problems; never a traceback
         where = getattr(args, "spec", None) or getattr(args, "run_dir", None) or ""
-        print(f"bnsweep {args.verb}: {_printable(str(where))}: invalid YAML ({_one_line(e)})", file=sys.stderr)
+        print(f"bnsweep {args.verb}: {printable(str(where))}: invalid YAML ({_one_line(e)})", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:  # a path that cannot be read or written (missing, permissions, disk full)
         if isinstance(e, BrokenPipeError):
             return _broken_pipe()
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(_printable(f"bnsweep {args.verb}: {where}{e.strerror or _one_line(e)}"), file=sys.stderr)
+        print(printable(f"bnsweep {args.verb}: {where}{e.strerror or _one_line(e)}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         where = getattr(args, "run_dir", None)

@@ -30,8 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bnsweep.plan import ASSUMED_GPU_TFLOPS, make_plan  # noqa: E402
-from bnsweep.spec import load_spec  # noqa: E402
+from bnsweep.report.plan import ASSUMED_GPU_TFLOPS, make_plan  # noqa: E402
+from bnsweep.spec.sweep_spec import load_spec  # noqa: E402
 
 SWEEPS = ROOT / "sweeps"
 START, END = "<!-- experiments:start -->", "<!-- experiments:end -->"
@@ -54,7 +54,7 @@ def cpu_rates(measure: bool) -> tuple[dict[str, float], str]:
     speeds = dict(RESNET20_IMAGES_PER_SEC)
     note = "ResNet-20 at 400 images/s (all) and 490 images/s (frozen convs), SCIENCE.md §4–§5"
     if measure:
-        from bnsweep.spec import parse_spec_text
+        from bnsweep.spec.sweep_spec import parse_spec_text
 
         measured = {}
         for cls, regime in (("all", "all"), ("frozen", "bn")):
@@ -128,7 +128,7 @@ def readme_table(rows: list[dict[str, Any]], note: str) -> str:
 
 
 def _param_text(p: Any) -> str:
-    from bnsweep.spec import Constant, Distribution, OneOf, Values
+    from bnsweep.spec.sweep_spec import Constant, Distribution, OneOf, Values
 
     if isinstance(p, Values):
         return "{" + ", ".join(str(v) for v in p.values) + "}"

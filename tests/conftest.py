@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # ---------------------------------------------------------------- tiny_run_dir (results/analysis tests)
 # A real run directory: tiny ResNet-8 trials really trained on synthetic data, recorded with
-# bnsweep.results.save_trial_record exactly as the worker does. Built once per session (~30 s).
+# bnsweep.store.save_trial_record exactly as the worker does. Built once per session (~30 s).
 
 import dataclasses as _dc
 import json as _json
@@ -51,11 +51,12 @@ def _tiny_config(overrides: dict, seed: int) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory) -> TinyRun:
-    from bnsweep.accelerators import library_versions
-    from bnsweep.config import DataConfig
-    from bnsweep.data import load_data
-    from bnsweep.results import save_trial_record, save_trial_start, write_results_table
-    from bnsweep.trial import Diverged, TrialRun
+    from bnsweep.base.meta import library_versions
+    from bnsweep.engine.data import load_data
+    from bnsweep.engine.trial import Diverged, TrialRun
+    from bnsweep.spec.config import DataConfig
+    from bnsweep.store.records import save_trial_record, save_trial_start
+    from bnsweep.store.table import write_results_table
 
     t0 = _time.perf_counter()
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
@@ -96,7 +97,7 @@ def tiny_run_dir(tmp_path_factory) -> TinyRun:
 
 # ---------------------------------------------------------------- wandb_isolated (W&B tests)
 # A clean W&B environment: HOME in tmp (so nothing can reach the real ~/.cache, ~/.config, ~/.netrc),
-# no W&B key, mode, server or directory settings inherited from the outside, and bnsweep.tracking's
+# no W&B key, mode, server or directory settings inherited from the outside, and bnsweep.store.tracking's
 # "switched off after a failure" state reset before and after the test.
 
 _WANDB_ENV = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_DIR",
@@ -107,7 +108,7 @@ _WANDB_ENV = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB
 @pytest.fixture
 def wandb_isolated(tmp_path, monkeypatch) -> _Path:
     """Yields the temporary HOME (empty); see the comment above."""
-    from bnsweep import tracking
+    from bnsweep.store import tracking
 
     home = tmp_path / "home"
     home.mkdir()

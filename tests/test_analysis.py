@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from analysis.plots import KINDS, _gammas, plot
-from analysis.provenance import provenance, sidecar_path, write_sidecar
-from analysis.tables import (
+from bnsweep.analysis.plots import KINDS, _gammas, plot
+from bnsweep.analysis.provenance import provenance, sidecar_path, write_sidecar
+from bnsweep.analysis.tables import (
     export,
-    format_count,
     latex_escape,
     load_runs,
     paired_difference,
@@ -26,7 +24,10 @@ from analysis.tables import (
     t_ppf,
     t_sf,
 )
-from bnsweep.results import load_results, load_weights
+
+from bnsweep.base.text import format_count
+from bnsweep.store.records import load_weights
+from bnsweep.store.table import load_results
 
 GROUP = ["regime", "model.depth", "model.width"]
 

@@ -298,8 +298,8 @@ def work():
 def existing_run(work):
     """A run directory as `launch` leaves it (spec.yaml, sweep.json, a finished replicate's record): bad
     commands aimed at it must not change a byte."""
-    from bnsweep.search import LaunchOptions, _write_run_files
-    from bnsweep.spec import load_spec
+    from bnsweep.spec.sweep_spec import load_spec
+    from bnsweep.sweep.driver import LaunchOptions, _write_run_files
 
     spec_path = work / "existing.yaml"
     spec_path.write_bytes(_dump({**BASE, "name": "existing"}))
@@ -551,7 +551,7 @@ def _structurally_valid(path: Path) -> bool:
 @settings(CAMPAIGN, max_examples=300)
 @given(case=bad_npz())
 def test_bad_npz_data_is_refused_before_anything_is_written(work, capsys, monkeypatch, case):
-    from bnsweep import search
+    from bnsweep.sweep import driver as search
 
     kind, blob = case
     accepted: list[bool] = []

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from bnsweep.cli import main
-from bnsweep.config import REGIMES, TrialConfig
-from bnsweep.schedules import planned_lr
-from bnsweep.space import grid_points, resolve_trial_config
-from bnsweep.spec import OneOf, SweepSpec, Values, load_spec
+from bnsweep.spec.config import REGIMES, TrialConfig
+from bnsweep.spec.schedules import planned_lr
+from bnsweep.spec.sweep_spec import OneOf, SweepSpec, Values, load_spec
+from bnsweep.sweep.space import grid_points, resolve_trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
@@ -229,7 +229,7 @@ def test_batch_sizes_searches_optimizer_and_lr_for_each_batch_size():
     lr = spec.parameters["lr"]
     assert lr.min <= 1e-3 and lr.max >= 0.1  # per 128 images: Adam's 1e-3 and SGD's 0.1 both inside
     # the LR-scaling rule is explicit: the trial at batch 2048 trains with 16× the per-128 LR
-    from bnsweep.config import TrialConfig
+    from bnsweep.spec.config import TrialConfig
 
     cfg = TrialConfig.from_dict({**spec.base_trial_config(), "batch_size": 2048, "lr": 0.1})
     assert cfg.lr_scaling == "linear" and cfg.effective_lr == pytest.approx(1.6)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnsweep import data as D
-from bnsweep.config import DataConfig, TrialConfig
-from bnsweep.data import DataError, load_cifar_dir, load_data, load_npz, make_preprocess, synthetic
+from bnsweep.engine import data as D
+from bnsweep.engine.data import DataError, load_cifar_dir, load_data, load_npz, make_preprocess, synthetic
+from bnsweep.spec.config import DataConfig, TrialConfig
 
 SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset-train.npz"
 SUBSET_CLASS_COUNTS = [517, 524, 490, 493, 537, 475, 503, 516, 529, 501]  # shared/data/README.md

@@ -1,4 +1,4 @@
-"""The fast BatchNormalization (bnsweep/fastbn.py) is Keras' BatchNormalization with a cheaper backward
+"""The fast BatchNormalization (bnsweep/engine/batchnorm.py) is Keras' BatchNormalization with a cheaper backward
 pass — same outputs, gradients and moving statistics — and frozen layers do no weight-gradient work
 (TensorFlow prunes it, JAX never computes it)."""
 
@@ -15,7 +15,12 @@ import keras
 import numpy as np
 import pytest
 
-from bnsweep.fastbn import FastBatchNormalization, KerasOpsBatchNormalization, use_fast_batchnorm, use_stock_batchnorm
+from bnsweep.engine.batchnorm import (
+    FastBatchNormalization,
+    KerasOpsBatchNormalization,
+    use_fast_batchnorm,
+    use_stock_batchnorm,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +74,8 @@ def test_frozen_gamma_beta_still_normalize_with_batch_statistics():
 
 
 def test_switching_a_built_resnet_keeps_its_layers_and_variables():
-    from bnsweep.config import ModelConfig
-    from bnsweep.models import build_resnet
+    from bnsweep.engine.models import build_resnet
+    from bnsweep.spec.config import ModelConfig
 
     net = build_resnet(ModelConfig(depth=8), seed=0)
     ids = [id(v) for v in net.weights]
@@ -86,7 +91,7 @@ def _backprop_filter_kernels(regime: str, tmp_path: Path) -> int:
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from bnsweep.trial import TrialRun
+    from bnsweep.engine.trial import TrialRun
 
     run = TrialRun({"model": {"depth": 8}, "regime": regime, "epochs": 3, "batch_size": 8, "steps_per_epoch": 1,
                     "data": {"source": "synthetic", "synthetic_size": 8, "val_size": 0, "test_size": 8}})
@@ -112,7 +117,7 @@ def test_tensorflow_runs_no_weight_gradient_for_frozen_convolutions(tmp_path):
 
 JAX_HLO = """
 import json, re, jax
-from bnsweep.trial import TrialRun
+from bnsweep.engine.trial import TrialRun
 out = {}
 for regime in ("all", "bn", "output"):
     r = TrialRun({"model": {"depth": 8}, "regime": regime, "epochs": 1, "batch_size": 4, "steps_per_epoch": 1,
@@ -143,7 +148,7 @@ def test_jax_compiles_no_weight_gradient_for_frozen_convolutions():
 def test_fast_batchnorm_docstring_example_runs():
     import doctest
 
-    import bnsweep.fastbn
+    import bnsweep.engine.batchnorm
 
-    result = doctest.testmod(bnsweep.fastbn)
+    result = doctest.testmod(bnsweep.engine.batchnorm)
     assert result.failed == 0 and result.attempted > 0

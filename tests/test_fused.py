@@ -1,15 +1,15 @@
-"""Fused replicates (bnsweep/fused.py): N seeds of one configuration in one model and one training step
-give the per-seed results of N separate TrialRuns (same init, data order and augmentation per seed)."""
+"""Fused replicates (bnsweep/engine/fused_replicates.py): N seeds of one configuration in one model and one
+training step give the per-seed results of N separate TrialRuns (same init, data order and augmentation per seed)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bnsweep.config import TrialConfig
-from bnsweep.data import load_data
-from bnsweep.fused import FusedTrialRun
-from bnsweep.trial import TrialRun
+from bnsweep.engine.data import load_data
+from bnsweep.engine.fused_replicates import FusedTrialRun
+from bnsweep.engine.trial import TrialRun
+from bnsweep.spec.config import TrialConfig
 
 CFG = {"model": {"depth": 8}, "regime": "all", "epochs": 2, "batch_size": 16, "steps_per_epoch": 2, "lr": 0.1,
        "data": {"source": "synthetic", "synthetic_size": 32, "val_size": 16, "test_size": 16}}

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM in the driver (bnsweep.interrupts): a SIGINT that CPython drops is raised again; one
+"""Ctrl-C and SIGTERM in the driver (bnsweep.base.interrupts): a SIGINT that CPython drops is raised again; one
 that lands while Ray starts waits for Ray to be up; SIGTERM stops at once and is told apart.
 
 These send real signals to this process (pytest's own handlers are put back after each test). Real
@@ -15,8 +15,8 @@ import weakref
 
 import pytest
 
-from bnsweep import interrupts
-from bnsweep.progress import SweepMonitor
+from bnsweep.base import interrupts
+from bnsweep.sweep.monitor import SweepMonitor
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -162,7 +162,7 @@ def test_python_m_bnsweep_exits_130_after_a_ctrl_c_caught_inside_a_string_exec(t
     its reset (second run) the status is lost."""
     probe = ("import runpy\n"
              "import bnsweep.cli as cli\n"
-             "import bnsweep.interrupts as interrupts\n"
+             "import bnsweep.base.interrupts as interrupts\n"
              "cli.cmd_status = lambda args: exec('raise KeyboardInterrupt', dict())\n"
              "{patch}"
              "runpy.run_module('bnsweep', run_name='__main__', alter_sys=True)\n")

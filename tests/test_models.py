@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from bnsweep.config import ConfigError, ModelConfig, TrialConfig
-from bnsweep.models import BN_EPSILON, build_resnet, layer_specs
-from bnsweep.regimes import account
+from bnsweep.engine.models import BN_EPSILON, build_resnet, layer_specs
+from bnsweep.engine.regimes import account
+from bnsweep.spec.config import ModelConfig, TrialConfig
+from bnsweep.spec.errors import ConfigError
 
 MOVING = ("moving_mean", "moving_variance")
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnsweep.accelerators import TRIAL_MEMORY_BYTES, default_concurrent_trials, default_cpus_per_trial
-from bnsweep.search import choose_packing
-from bnsweep.spec import Resources, SweepSpec, load_spec, parse_spec_text
+from bnsweep.spec.sweep_spec import Resources, SweepSpec, load_spec, parse_spec_text
+from bnsweep.sweep.packing import TRIAL_MEMORY_BYTES, choose_packing, default_concurrent_trials, default_cpus_per_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +64,7 @@ def test_shipped_base_recipe_leaves_packing_to_the_machine_and_a_saved_spec_read
                                        ("resources: {cpu: 0}", "resources.cpu"),
                                        ("resources: {cpu: -2}", "resources.cpu")])
 def test_bad_packing_values_are_refused_with_the_key(text, key):
-    from bnsweep.spec import SpecError
+    from bnsweep.spec.sweep_spec import SpecError
 
     with pytest.raises(SpecError, match=key.replace(".", r"\.")):
         parse_spec_text(f"name: p\n{text}\n")

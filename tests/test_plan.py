@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bnsweep.plan import make_plan
-from bnsweep.spec import parse_spec_text
+from bnsweep.report.plan import make_plan
+from bnsweep.spec.sweep_spec import parse_spec_text
 
 
 def test_a_one_of_over_the_model_plans_each_option_s_own_networks():

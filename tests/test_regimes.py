@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from keras import ops
 
-from bnsweep.config import REGIMES, ModelConfig
-from bnsweep.models import build_resnet
-from bnsweep.regimes import KeepFrozenElements, account, apply_regime
+from bnsweep.engine.models import build_resnet
+from bnsweep.engine.regimes import KeepFrozenElements, account, apply_regime
+from bnsweep.spec.config import REGIMES, ModelConfig
 
 MOVING = ("moving_mean", "moving_variance")
 
@@ -219,9 +219,9 @@ def test_regimes_under_jax_backend(tmp_path):
     there re-enables all its variables, so the order of operations in apply_regime matters."""
     code = textwrap.dedent("""
         import numpy as np
-        from bnsweep.config import ModelConfig
-        from bnsweep.models import build_resnet
-        from bnsweep.regimes import apply_regime
+        from bnsweep.spec.config import ModelConfig
+        from bnsweep.engine.models import build_resnet
+        from bnsweep.engine.regimes import apply_regime
         for regime in ("bn", "output", "none"):
             m = build_resnet(ModelConfig(depth=8), seed=0)
             a = apply_regime(m, ModelConfig(depth=8), regime, seed=0)
@@ -285,7 +285,7 @@ def test_random_k_mask_depends_on_seed_only():
 @pytest.fixture(scope="module")
 def trained():
     """``trained(regime)`` -> (TrialRun, weights before, weights after one 3-step epoch)."""
-    from bnsweep.trial import TrialRun
+    from bnsweep.engine.trial import TrialRun
 
     cache: dict[str, tuple] = {}
 

@@ -16,8 +16,8 @@
 
 The in-process sweeps share one local Ray (``ray_local``); the kill campaign runs the real CLI in
 subprocesses (each with its own Ray, its temp files in a private ``RAY_TMPDIR``) and kills them.
-Test-only hooks (named as such): ``BNSWEEP_TEST_FAULTS`` (bnsweep/worker.py) and
-``BNSWEEP_TEST_PAUSE_AT`` (bnsweep/rundir.py).
+Test-only hooks (named as such): ``BNSWEEP_TEST_FAULTS`` (bnsweep/sweep/trainable.py) and
+``BNSWEEP_TEST_PAUSE_AT`` (bnsweep/store/rundir.py).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from bnsweep.rundir import RunDirError, RunLock
-from bnsweep.search import LaunchOptions, launch
-from bnsweep.spec import load_spec
+from bnsweep.spec.sweep_spec import load_spec
+from bnsweep.store.rundir import RunDirError, RunLock
+from bnsweep.sweep.driver import LaunchOptions, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS_FILE = Path(tempfile.gettempdir()) / f"bnsweep-test-faults-{os.getpid()}.json"
@@ -192,7 +192,8 @@ def _table_ok_or_absent(run_dir: Path) -> int | None:
     """The results table is absent or whole: each file reads completely, with the documented columns and
     unique (trial, seed) rows. (A kill between the renames of the four table files can leave one a write
     newer than another: each is whole, the next write brings them level.) Returns the Parquet rows."""
-    from bnsweep.results import COLUMNS, read_table
+    from bnsweep.store.columns import COLUMNS
+    from bnsweep.store.table import read_table
 
     if not (run_dir / "results.parquet").exists():
         return None
@@ -601,7 +602,7 @@ parameters:
 
 _WRITER = """
 import sys
-from bnsweep.results import write_results_table
+from bnsweep.store.table import write_results_table
 print("ready", flush=True)
 while True:
     write_results_table(sys.argv[1])
@@ -609,9 +610,9 @@ while True:
 
 
 def _fake_records(run_dir: Path, n: int) -> None:
-    from bnsweep.config import ModelConfig, TrialConfig, config_hash
-    from bnsweep.regimes import account
-    from bnsweep.results import save_trial_record
+    from bnsweep.engine.regimes import account
+    from bnsweep.spec.config import ModelConfig, TrialConfig, config_hash
+    from bnsweep.store.records import save_trial_record
 
     run_dir.mkdir(parents=True)
     (run_dir / "sweep.json").write_text(json.dumps({"name": "fake", "spec_hash": "x", "seed_base": 0}))
@@ -629,7 +630,7 @@ def _fake_records(run_dir: Path, n: int) -> None:
 
 
 def test_a_results_table_writer_killed_at_random_moments_never_leaves_a_half_table(tmp_path):
-    from bnsweep.results import write_results_table
+    from bnsweep.store.table import write_results_table
 
     n = 400
     run_dir = tmp_path / "run"
@@ -655,7 +656,7 @@ def test_a_results_table_writer_killed_at_random_moments_never_leaves_a_half_tab
         proc.wait()
         torn_tmp += bool(list(run_dir.glob(f".*.{proc.pid}.tmp")))  # died mid-write: only its temporary file is partial
         assert _table_ok_or_absent(run_dir) == n
-        from bnsweep.results import read_table
+        from bnsweep.store.table import read_table
 
         assert len(read_table(run_dir / "results.csv")) == n
         assert len(read_table(run_dir / "history.parquet")) == 4 * n == len(read_table(run_dir / "history.csv"))
@@ -666,7 +667,8 @@ def test_a_results_table_writer_killed_at_random_moments_never_leaves_a_half_tab
 
 def test_state_files_are_written_then_renamed(tmp_path, monkeypatch):
     """A write that fails half way (disk full, a kill) leaves the previous file and no temporary file."""
-    from bnsweep import results, rundir
+    from bnsweep.store import rundir
+    from bnsweep.store import table as results
 
     target = tmp_path / "sweep.json"
     rundir.atomic_write_text(target, '{"old": 1}')
@@ -696,12 +698,18 @@ def test_every_run_directory_write_goes_through_an_atomic_helper():
     import re
 
     allowed = {  # module -> functions allowed to open files for writing
-        "rundir.py": {"atomic_write", "_acquire_by_pid"},  # the one write-then-rename helper, and the lock
-        "worker.py": {"_test_faults"},  # the test-only epoch log, outside any run directory
+        "base/atomic.py": {"atomic_write"},  # the one write-then-rename helper
+        "base/testhooks.py": {"pause_for_tests"},  # the test-only pause marker, written then renamed
+        "store/rundir.py": {"_acquire_by_pid"},  # the lock file (not a state file)
+        "sweep/trainable.py": {"_test_faults"},  # the test-only epoch log, outside any run directory
+        "engine/data.py": {"_locked"},  # the download cache's lock file, outside any run directory
     }
     pattern = re.compile(r"\bopen\([^)]*[\"'](?:w|wb|a|ab|x|w\+)[\"']|\.write_text\(|\.write_bytes\(|np\.savez\(|"
                          r"\.to_csv\([^)]*[\"/]|\.to_parquet\([^f]|json\.dump\(")
-    for name in ("rundir.py", "results.py", "search.py", "worker.py", "progress.py", "status.py", "trial.py"):
+    names = sorted(p.relative_to(ROOT / "bnsweep").as_posix()
+                   for layer in ("base", "store", "sweep", "engine", "report")
+                   for p in (ROOT / "bnsweep" / layer).glob("*.py"))
+    for name in names:
         fn = None
         for line in (ROOT / "bnsweep" / name).read_text().splitlines():
             m = re.match(r"\s*def (\w+)", line)
@@ -716,7 +724,7 @@ def test_every_run_directory_write_goes_through_an_atomic_helper():
 
 def _bare_run_dir(tmp_path: Path) -> Path:
     """A run directory as `launch` writes it before any trial (no Ray needed)."""
-    from bnsweep.search import _write_run_files
+    from bnsweep.sweep.driver import _write_run_files
 
     spec = load_spec(_spec_file(tmp_path, f"""
 name: bare
@@ -793,7 +801,7 @@ def test_resume_names_what_is_wrong_with_a_damaged_run_directory(tmp_path, capsy
 
 _HOLDER = """
 import os, sys, time
-from bnsweep.rundir import RunLock
+from bnsweep.store.rundir import RunLock
 lock = RunLock(sys.argv[1])
 if len(sys.argv) > 3:  # start together: wait for the go file
     print("ready", flush=True)
@@ -825,14 +833,14 @@ def test_a_run_directory_in_use_is_refused_and_a_killed_holder_s_lock_is_taken_o
             err = capsys.readouterr().err
             assert f"in use by another bnsweep (pid {holder.pid} on {socket.gethostname()}" in err, err
         assert RunLock(run_dir).is_held_elsewhere()
-        from bnsweep.status import sweep_status
+        from bnsweep.report.status import sweep_status
 
         assert sweep_status(run_dir)["running"]
     finally:
         holder.kill()  # kill -9: the lock file stays, naming a dead pid
         holder.wait()
     assert json.loads((run_dir / ".lock").read_text())["pid"] == holder.pid
-    from bnsweep.status import sweep_status
+    from bnsweep.report.status import sweep_status
 
     assert not sweep_status(run_dir)["running"]
     with RunLock(run_dir) as lock:  # taken over

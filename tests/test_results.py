@@ -1,4 +1,4 @@
-"""bnsweep.results on a real run directory (the session's ``tiny_run_dir``: really trained ResNet-8s)."""
+"""bnsweep.store on a real run directory (the session's ``tiny_run_dir``: really trained ResNet-8s)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnsweep.config import TrialConfig, config_hash, flatten
-from bnsweep.regimes import account
-from bnsweep.results import (
-    COLUMNS,
-    HISTORY_COLUMNS,
-    STR,
-    _atomic_write,
-    columns_markdown,
-    load_history,
-    load_results,
-    load_trained_net,
-    load_weights,
-    read_table,
-    write_results_table,
-)
+from bnsweep.engine.regimes import account
+from bnsweep.spec.config import TrialConfig, config_hash, flatten
+from bnsweep.store.columns import COLUMNS, HISTORY_COLUMNS, STR, columns_markdown
+from bnsweep.store.records import load_trained_net, load_weights
+from bnsweep.store.table import _atomic_write, load_history, load_results, read_table, write_results_table
 
 
 @pytest.fixture
@@ -255,7 +245,7 @@ def test_columns_markdown_documents_every_column():
 
 
 def test_close_unfinished_replicates_records_a_pruned_trial(run_copy, tiny_run_dir):
-    from bnsweep.search import close_unfinished_replicates
+    from bnsweep.sweep.recovery import close_unfinished_replicates
 
     resolved = {k: v for k, v in tiny_run_dir.trials["t06_bn_running"][0].items() if k != "seed"}
     assert close_unfinished_replicates(run_copy, "t06_bn_running", resolved, seeds=[0], status="pruned",
@@ -275,7 +265,7 @@ def test_close_unfinished_replicates_records_a_pruned_trial(run_copy, tiny_run_d
 def test_close_unfinished_replicates_records_a_replicate_that_failed_before_it_started(run_copy, tiny_run_dir):
     """A worker that raised before writing started.json (e.g. its data file is missing) leaves at most a
     failure.json: the record is made from the trial's resolved config."""
-    from bnsweep.search import close_unfinished_replicates
+    from bnsweep.sweep.recovery import close_unfinished_replicates
 
     resolved = {k: v for k, v in tiny_run_dir.trials["t07_bn_output"][0].items() if k != "seed"}
     d = run_copy / "trials" / "t99_failed_early" / "seed-0"
@@ -294,7 +284,7 @@ def test_the_documented_columns_are_the_code_s_columns():
     """docs/results-table.md is generated from results.COLUMNS: regenerate it when a column changes."""
     from pathlib import Path
 
-    from bnsweep.results import columns_markdown
+    from bnsweep.store.columns import columns_markdown
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "results-table.md").read_text()
     assert columns_markdown("results") in doc and columns_markdown("history") in doc

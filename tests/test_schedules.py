@@ -12,15 +12,10 @@ import math
 import numpy as np
 import pytest
 
-from bnsweep.config import ConfigError, TrialConfig
-from bnsweep.schedules import (
-    SCHEDULE_PARAMS,
-    lr_at,
-    make_keras_schedule,
-    make_optimizer,
-    planned_lr,
-    resolve_schedule,
-)
+from bnsweep.engine.optimizers import make_keras_schedule, make_optimizer
+from bnsweep.spec.config import TrialConfig
+from bnsweep.spec.errors import ConfigError
+from bnsweep.spec.schedules import SCHEDULE_PARAMS, lr_at, planned_lr, resolve_schedule
 
 # One instance of every schedule type (non-default parameters where they matter).
 EVERY_SCHEDULE = {
@@ -297,7 +292,7 @@ def test_resolve_schedule_fills_defaults_without_sharing_them():
 
 def test_a_real_trial_trains_with_the_planned_lr_every_epoch():
     """The notebooks' "never recompiled" bug: the reported per-epoch LR must be the schedule's."""
-    from bnsweep.trial import run
+    from bnsweep.engine.trial import run
 
     sched = {"type": "multistep", "milestones": [0.4, 0.75], "gamma": 0.1}  # 1.6 → epoch 2, 3 → epoch 3
     config = {"model": {"depth": 8}, "regime": "bn", "epochs": 4, "batch_size": 16, "steps_per_epoch": 3,

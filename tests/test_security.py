@@ -112,8 +112,9 @@ def test_dashboard_host_localhost_unless_asked_then_shadowray_warning_checked_on
     test_a_real_sweep_keeps_secrets_out_of_everything_it_writes_and_its_dashboard_local."""
     import ray
 
-    from bnsweep import cli, search
-    from bnsweep.spec import load_spec
+    from bnsweep import cli
+    from bnsweep.spec.sweep_spec import load_spec
+    from bnsweep.sweep import driver as search
 
     monkeypatch.setenv("WANDB_API_KEY", SECRETS["WANDB_API_KEY"])
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
@@ -126,7 +127,7 @@ def test_dashboard_host_localhost_unless_asked_then_shadowray_warning_checked_on
     fake = _FakeRay()
     monkeypatch.setattr(ray, "is_initialized", fake.is_initialized)
     monkeypatch.setattr(ray, "init", fake.init)
-    search._start_ray(tmp_path / "run", load_spec(tmp_path / "sec.yaml"), options, 0)
+    search.start_ray(tmp_path / "run", load_spec(tmp_path / "sec.yaml"), options, 0)
     assert fake.kwargs["dashboard_host"] == (host or "127.0.0.1") and fake.kwargs["include_dashboard"]
     env = fake.kwargs["runtime_env"]["env_vars"]
     assert "WANDB_API_KEY" not in env and SECRETS["WANDB_API_KEY"] not in json.dumps(fake.kwargs)
@@ -195,8 +196,8 @@ def test_data_pickles_are_not_opened_before_their_checksum_matches(tmp_path, cap
 
 
 def test_a_database_password_never_reaches_the_output_or_the_run_directory(tmp_path, capsys):
-    from bnsweep.search import LaunchOptions, _write_run_files
-    from bnsweep.spec import load_spec
+    from bnsweep.spec.sweep_spec import load_spec
+    from bnsweep.sweep.driver import LaunchOptions, _write_run_files
 
     url = "postgresql://user:s3cret-pw@127.0.0.1:9/optuna"
     run_dir = tmp_path / "run"

@@ -9,8 +9,10 @@ from typing import Any
 import optuna
 import pytest
 
-from bnsweep.config import ConfigError, TrialConfig
-from bnsweep.space import (
+from bnsweep.spec.config import TrialConfig
+from bnsweep.spec.errors import ConfigError
+from bnsweep.spec.sweep_spec import SweepSpec, Values, load_spec, parse_spec_text
+from bnsweep.sweep.space import (
     GridPointSampler,
     count_configurations,
     grid_optuna_params,
@@ -20,7 +22,6 @@ from bnsweep.space import (
     resolve_trial_config,
     suggest,
 )
-from bnsweep.spec import SweepSpec, Values, load_spec, parse_spec_text
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -267,6 +268,6 @@ def test_fixed_schedule_settings_merge_with_a_searched_schedule() -> None:
 def test_docstring_examples_run() -> None:
     import doctest
 
-    import bnsweep.space
+    import bnsweep.sweep.space
 
-    assert doctest.testmod(bnsweep.space).failed == 0
+    assert doctest.testmod(bnsweep.sweep.space).failed == 0

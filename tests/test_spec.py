@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnsweep.config import TrialConfig
-from bnsweep.spec import (
+from bnsweep.spec.config import TrialConfig
+from bnsweep.spec.sweep_spec import (
     Constant,
     Distribution,
     Metric,
@@ -523,7 +523,7 @@ def test_dataclasses_validate_when_built_directly() -> None:
 
 
 def test_yaml_value_is_safe_and_reads_yaml12_floats() -> None:
-    from bnsweep.spec import yaml_value
+    from bnsweep.spec.sweep_spec import yaml_value
 
     assert yaml_value("5e-4") == 5e-4 and yaml_value("1E3") == 1000.0 and yaml_value("[0.5, 0.75]") == [0.5, 0.75]
     with pytest.raises(yaml.YAMLError):
@@ -540,6 +540,6 @@ def test_merge_config_schedule_rules() -> None:
 def test_docstring_examples_run() -> None:
     import doctest
 
-    import bnsweep.spec
+    import bnsweep.spec.sweep_spec
 
-    assert doctest.testmod(bnsweep.spec).failed == 0
+    assert doctest.testmod(bnsweep.spec.sweep_spec).failed == 0

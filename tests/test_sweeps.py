@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 from bnsweep.cli import main
-from bnsweep.search import LaunchOptions, launch
-from bnsweep.spec import load_spec
+from bnsweep.spec.sweep_spec import load_spec
+from bnsweep.sweep.driver import LaunchOptions, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ROOT.parent / "shared" / "data" / "cifar10-subset-train.npz"
@@ -116,7 +116,7 @@ def test_grid_sweep_runs_every_point_once_and_records_failures_and_divergence(ra
     good = tmp_path / "good.npz"
     import numpy as np
 
-    from bnsweep.data import synthetic
+    from bnsweep.engine.data import synthetic
 
     x, y = synthetic(96, seed=0)
     np.savez(good, x_train=x, y_train=y)
@@ -250,7 +250,7 @@ def test_bad_spec_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path, c
 
 
 def test_second_launch_into_a_run_directory_is_refused(tmp_path, capsys):
-    from bnsweep.rundir import RunLock
+    from bnsweep.store.rundir import RunLock
 
     spec = _spec(tmp_path, f"name: busy\nmethod: random\ntrials: 1\ntracking: {{wandb: false}}\n{TINY_FIXED}")
     run_dir = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""bnsweep.tracking against the real wandb client, offline: runs are written under the run directory and
+"""bnsweep.store.tracking against the real wandb client, offline: runs are written under the run directory and
 read back from wandb's own transaction log (``run-<id>.wandb``). The only thing that cannot exist here is
 a W&B server; the tests named ``*_server_*`` simulate its absence (a closed port) or a missing key."""
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from bnsweep import tracking
-from bnsweep.tracking import TrackingConfig, TrackingWarning, TrialTracker, log_sweep_summary, scrub_secrets
+from bnsweep.store import tracking
+from bnsweep.store.tracking import TrackingConfig, TrackingWarning, TrialTracker, log_sweep_summary, scrub_secrets
 
 FAKE_KEY = "f" * 20 + "0123456789abcdef0123"  # 40 characters: the shape of a real W&B key
 OFFLINE = TrackingConfig(mode="offline")
@@ -190,10 +190,10 @@ def test_nothing_written_outside_run_dir_in_a_fresh_process(tmp_path):
     (run_dir / "plots").mkdir(parents=True)
     (run_dir / "results.csv").write_text("trial_id,val_accuracy\nt0,0.5\n")
     script = textwrap.dedent(f"""
-        import warnings; from bnsweep.tracking import TrackingWarning
+        import warnings; from bnsweep.store.tracking import TrackingWarning
         warnings.simplefilter("error", TrackingWarning)  # a TrackingWarning fails the script
         from pathlib import Path
-        from bnsweep.tracking import TrackingConfig, TrialTracker, log_sweep_summary
+        from bnsweep.store.tracking import TrackingConfig, TrialTracker, log_sweep_summary
         run_dir = Path({str(run_dir)!r})
         t = TrialTracker.start(tracking=TrackingConfig(), run_dir=run_dir, sweep="sw", trial_id="t0", seed=0,
                                group="g", config={{"lr": 0.1}})
@@ -225,7 +225,7 @@ def test_wandb_false_imports_nothing_and_writes_nothing(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from bnsweep.tracking import TrackingConfig, TrialTracker, log_sweep_summary
+        from bnsweep.store.tracking import TrackingConfig, TrialTracker, log_sweep_summary
         run_dir = Path({str(run_dir)!r})
         for cfg in (TrackingConfig(wandb=False), TrackingConfig(mode="disabled")):
             t = TrialTracker.start(tracking=cfg, run_dir=run_dir, sweep="s", trial_id="t", seed=0, group="g",
@@ -247,7 +247,7 @@ def test_wandb_false_imports_nothing_and_writes_nothing(tmp_path):
 
 
 def test_tracking_module_imports_fast_without_wandb():
-    script = "import sys, time; t=time.perf_counter(); import bnsweep.tracking; " \
+    script = "import sys, time; t=time.perf_counter(); import bnsweep.store.tracking; " \
              "print(time.perf_counter()-t, 'wandb' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=60)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnsweep.trial import EpochMetrics, TrialRun, run
+from bnsweep.engine.trial import EpochMetrics, TrialRun, run
 
 SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset-train.npz"
 TINY = {"model": {"depth": 8}, "epochs": 2, "batch_size": 32, "steps_per_epoch": 2,
@@ -90,7 +90,7 @@ def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
 def test_the_same_trial_runs_under_the_jax_backend(tmp_path):
     pytest.importorskip("jax")
     code = (
-        "import json, sys; from bnsweep.trial import run; "
+        "import json, sys; from bnsweep.engine.trial import run; "
         f"r = run({json.dumps(_cfg(regime='bn', epochs=2))}); "
         "print(json.dumps({'status': r.status, 'backend': r.accelerator['backend'], "
         "'trainable': r.accounting['trainable'], 'val': [m.val_accuracy for m in r.history], "
@@ -112,8 +112,8 @@ def test_learning_on_real_cifar10_all_beats_bn_beats_none():
     Calibrated here (seed 0, TF, 2-core CPU, 5 epochs): all 39%, bn 20%, none 9% test accuracy.
     Margins: all ≥ 28%, bn ≥ 15% (1.5× chance), bn ≥ 8 points below all, none within chance ± 5.
     """
-    from bnsweep.config import DataConfig
-    from bnsweep.data import load_data
+    from bnsweep.engine.data import load_data
+    from bnsweep.spec.config import DataConfig
 
     data_cfg = {"source": "npz", "path": str(SUBSET), "val_size": 500, "test_size": 500}
     data = load_data(DataConfig(**data_cfg))
@@ -143,7 +143,8 @@ def test_strategy_tpu_without_a_tpu_fails_with_a_clear_message_no_tpu_hardware()
 
 
 def test_strategy_needs_the_tensorflow_backend():
-    from bnsweep.config import ConfigError, TrialConfig
+    from bnsweep.spec.config import TrialConfig
+    from bnsweep.spec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="strategy"):
         TrialConfig.from_dict(_cfg(strategy="tpu", backend="jax"))

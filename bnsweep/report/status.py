@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bnsweep.rundir import RunLock, read_sweep_json
+from bnsweep.store.rundir import RunLock, read_sweep_json
 
 
 def sweep_status(run_dir: Path) -> dict[str, Any]:
-    from bnsweep.results import load_results
+    from bnsweep.store.table import load_results
 
     info = read_sweep_json(run_dir)
     lock = RunLock(run_dir)

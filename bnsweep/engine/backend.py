@@ -65,7 +65,7 @@ def fused_batch_norm_kernel() -> Any:
     differentiable through TensorFlow's registered fused gradient (``FusedBatchNormV3`` /
     ``FusedBatchNormGradV3``: oneDNN on CPU, cuDNN on GPU, XLA under ``jit_compile``). One kernel per
     direction instead of a dozen element-wise passes: ~1.8× faster BN than the keras.ops closed form
-    on a 2-core CPU (bench/README.md). ``bnsweep.fastbn`` uses it when available; the model stays
+    on a 2-core CPU (bench/README.md). ``bnsweep.engine.batchnorm`` uses it when available; the model stays
     backend-agnostic (JAX and any other backend use the keras.ops path). ``BNSWEEP_TF_FUSED_BN=0``
     turns it off.
     """
@@ -84,58 +84,6 @@ def fused_batch_norm_kernel() -> Any:
         return y, mean, variance * ((n - 1.0) / tf.maximum(n, 1.0))  # the op returns the unbiased variance
 
     return fused
-
-
-# Memory one CPU trial worker holds at its peak (TensorFlow, a ResNet-20, its share of the data; measured
-# 1.0-1.3 GB in bench/RESULTS.md §5), with headroom: caps how many trials run at once on a small machine.
-TRIAL_MEMORY_BYTES = 1_500_000_000
-
-
-def default_cpus_per_trial(total_cpus: float, *, concurrent: int) -> int:
-    """CPUs per trial (= TensorFlow intra-op threads) when the spec leaves ``resources.cpu`` unset.
-
-    Fill the machine with trials before giving any trial a second thread: on the 2-core machines two
-    1-thread trials at once trained 1.27-1.28× the images/s of one 2-thread trial in aggregate on a quiet
-    machine (``bench/packing.py``, ``bench/RESULTS.md`` §4: small convolutions scale poorly over threads).
-    ``concurrent`` is how many trials can run at once; each gets an equal whole share, at least 1, so a
-    lone trial still gets every core.
-
-    >>> default_cpus_per_trial(2, concurrent=2), default_cpus_per_trial(2, concurrent=1)
-    (1, 2)
-    >>> default_cpus_per_trial(16, concurrent=3), default_cpus_per_trial(4, concurrent=8)
-    (5, 1)
-    """
-    total = max(1, int(total_cpus))
-    return max(1, total // max(1, min(int(concurrent), total)))
-
-
-def default_concurrent_trials(*, total_cpus: float, configurations: int, cpu: float | None = None,
-                              total_gpus: float = 0, gpu: float = 0, memory_bytes: int | None = None) -> int:
-    """How many trials ``launch`` runs at once when the spec leaves ``max_concurrent`` unset: one per CPU
-    (or per ``cpu`` CPUs when the spec sets it), no more than the GPUs hold at ``gpu`` each, than
-    ``memory_bytes`` holds at ``TRIAL_MEMORY_BYTES`` each, or than there are configurations.
-
-    >>> default_concurrent_trials(total_cpus=2, configurations=8)
-    2
-    >>> default_concurrent_trials(total_cpus=16, configurations=8, total_gpus=1, gpu=0.25)
-    4
-    >>> default_concurrent_trials(total_cpus=64, configurations=100, memory_bytes=24 * 10**9)
-    16
-    """
-    n = max(1, int(total_cpus // cpu) if cpu else int(total_cpus))
-    if gpu:
-        n = min(n, max(1, int(total_gpus // gpu)))
-    if memory_bytes:
-        n = min(n, max(1, memory_bytes // TRIAL_MEMORY_BYTES))
-    return max(1, min(n, int(configurations)))
-
-
-def physical_memory_bytes() -> int | None:
-    """This machine's RAM (Linux/macOS), or None where it cannot be read."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def gpu_memory_growth() -> None:
@@ -175,19 +123,6 @@ def describe_accelerator() -> dict[str, Any]:
     except Exception:  # describing must never fail a trial
         pass
     return {"kind": kind, "name": name, "count": count, "backend": backend, "threads": threads}
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a result (for provenance)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("keras", "tensorflow", "jax", "numpy", "ray", "optuna", "bnsweep"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def distribution_scope(strategy: str) -> Any:

@@ -3,7 +3,7 @@
 ``run(config)`` is the whole thing; ``TrialRun`` exposes the same steps one epoch at a time so the
 orchestrator can train the replicates (seeds) of one configuration in lockstep and report their mean.
 
->>> from bnsweep.trial import run
+>>> from bnsweep.engine.trial import run
 >>> r = run({"model": {"depth": 8}, "regime": "bn", "epochs": 1, "batch_size": 32,
 ...          "steps_per_epoch": 2, "data": {"source": "synthetic", "synthetic_size": 64,
 ...          "val_size": 32, "test_size": 32}})                       # doctest: +SKIP
@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnsweep.config import TrialConfig, config_hash
-from bnsweep.data import Splits, load_data
-from bnsweep.rundir import atomic_write, atomic_write_text
+from bnsweep.base.atomic import atomic_write, atomic_write_text
+from bnsweep.engine.data import Splits, load_data
+from bnsweep.spec.config import TrialConfig, config_hash
 
 Status = Literal["completed", "pruned", "diverged", "failed"]
 
@@ -82,26 +82,26 @@ class TrialRun:
                  checkpoint_dir: str | Path | None = None, threads: int | None = None) -> None:
         self.config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
         cfg = self.config
-        from bnsweep import accelerators
+        from bnsweep.engine import backend
 
-        accelerators.select_backend(cfg.backend)
+        backend.select_backend(cfg.backend)
         import keras
 
-        from bnsweep.data import make_preprocess
-        from bnsweep.fastbn import use_fast_batchnorm
-        from bnsweep.models import build_resnet
-        from bnsweep.regimes import account, apply_regime
-        from bnsweep.schedules import make_optimizer
+        from bnsweep.engine.batchnorm import use_fast_batchnorm
+        from bnsweep.engine.data import make_preprocess
+        from bnsweep.engine.models import build_resnet
+        from bnsweep.engine.optimizers import make_optimizer
+        from bnsweep.engine.regimes import account, apply_regime
 
-        accelerators.configure_threads(cfg.threads or threads or _cpus())
+        backend.configure_threads(cfg.threads or threads or _cpus())
         self.started = time.perf_counter()
         self.data = data if data is not None else load_data(cfg.data)
         keras.utils.set_random_seed(cfg.seed)
 
         # ---- the recipe (defaults: the paper / open_lth CIFAR ResNet) ----------------------
-        with accelerators.distribution_scope(cfg.strategy):  # TPU / multi-GPU: build inside
+        with backend.distribution_scope(cfg.strategy):  # TPU / multi-GPU: build inside
             self.net = build_resnet(cfg.model, seed=cfg.seed)  # Kaiming-normal, γ ~ U[0,1) or 1
-            use_fast_batchnorm(self.net)  # same BN, fused kernels: ~1.5× faster steps on TF/CPU (fastbn.py)
+            use_fast_batchnorm(self.net)  # same BN, fused kernels: ~1.5× faster steps on TF/CPU (engine/batchnorm.py)
             self.applied = apply_regime(self.net, cfg.model, cfg.regime, seed=cfg.seed)  # per variable
             preprocess = make_preprocess(mean=self.data.mean, std=self.data.std, augment=cfg.data.augment,
                                          normalize=cfg.data.normalize, seed=cfg.seed)  # on device
@@ -206,7 +206,7 @@ class TrialRun:
 
     def finish(self, status: Status = "completed", reason: str = "") -> TrialResult:
         """Evaluate the test split once (completed trials only) and assemble the result."""
-        from bnsweep.accelerators import describe_accelerator
+        from bnsweep.engine.backend import describe_accelerator
 
         test_loss = test_acc = None
         if status == "completed" and self.data.y_test is not None:

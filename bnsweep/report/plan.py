@@ -5,7 +5,7 @@ accounting, the planned LR curve of each schedule (the notebooks' CosineDecay-re
 1,000-steps bug is visible here before launch), and estimates compute from FLOPs and wall time from a
 short measured probe (a few real training steps of the spec's network on this machine).
 
->>> from bnsweep.spec import parse_spec_text
+>>> from bnsweep.spec.sweep_spec import parse_spec_text
 >>> text = "name: t\\nmethod: random\\ntrials: 4\\nreplicates: 2\\nfixed: {epochs: 3, model: {depth: 8}}"
 >>> spec = parse_spec_text(text)
 >>> make_plan(spec, probe=False).trainings
@@ -54,7 +54,7 @@ class PlanReport:
 
 def _values(spec: Any, key: str, default: Any) -> list[Any]:
     """Every value ``key`` can take in the sweep (a one_of over ``key`` or its section included)."""
-    from bnsweep.spec import Constant, OneOf, Values
+    from bnsweep.spec.sweep_spec import Constant, OneOf, Values
 
     def plain(p: Any) -> list[Any] | None:
         if isinstance(p, Values):
@@ -81,7 +81,7 @@ def _values(spec: Any, key: str, default: Any) -> list[Any]:
 
 def _model_combos(spec: Any, base: Any) -> list[tuple[Any, Any]]:
     """(depth, width) pairs the sweep can train; a one_of over ``model`` keeps each option's own."""
-    from bnsweep.spec import OneOf
+    from bnsweep.spec.sweep_spec import OneOf
 
     q = spec.parameters.get("model")
     if not isinstance(q, OneOf):
@@ -98,7 +98,7 @@ def _model_combos(spec: Any, base: Any) -> list[tuple[Any, Any]]:
 
 def _train_images(spec: Any) -> tuple[int, int]:
     """Training and validation images per epoch, without loading (or downloading) the data."""
-    from bnsweep.config import TrialConfig
+    from bnsweep.spec.config import TrialConfig
 
     cfg = TrialConfig.from_dict(spec.base_trial_config()).data
     if cfg.source == "synthetic":
@@ -119,7 +119,7 @@ def _train_images(spec: Any) -> tuple[int, int]:
 
 
 def _representative_schedules(spec: Any) -> list[tuple[str, dict[str, Any]]]:
-    from bnsweep.spec import Constant, Distribution, OneOf, Values
+    from bnsweep.spec.sweep_spec import Constant, Distribution, OneOf, Values
 
     def rep(p: Any) -> Any:
         if isinstance(p, Constant):
@@ -139,10 +139,10 @@ def _representative_schedules(spec: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanReport:
-    from bnsweep.config import ModelConfig, TrialConfig
-    from bnsweep.regimes import account
-    from bnsweep.schedules import planned_lr
-    from bnsweep.space import count_configurations
+    from bnsweep.engine.regimes import account
+    from bnsweep.spec.config import ModelConfig, TrialConfig
+    from bnsweep.spec.schedules import planned_lr
+    from bnsweep.sweep.space import count_configurations
 
     base = TrialConfig.from_dict(spec.base_trial_config())
     n_cfg = count_configurations(spec)
@@ -151,8 +151,7 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanRep
     report = PlanReport(name=spec.name, method=spec.method, configurations=n_cfg, replicates=spec.replicates,
                         trainings=n_cfg * spec.replicates, epochs=epochs, train_images=n_train, val_images=n_val,
                         early_stopping=spec.scheduler.type)
-    from bnsweep.accelerators import physical_memory_bytes
-    from bnsweep.search import choose_packing
+    from bnsweep.sweep.packing import choose_packing, physical_memory_bytes
 
     report.packing = choose_packing(spec, configurations=n_cfg, total_cpus=os.cpu_count() or 1,
                                     memory_bytes=physical_memory_bytes())
@@ -181,7 +180,7 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanRep
 
 def _probe(base: Any, combos: list[tuple[Any, Any, Any]], *, steps: int) -> tuple[float | None, str]:
     """Images/s of a few real training steps of the first network on synthetic data, here."""
-    from bnsweep.trial import TrialRun
+    from bnsweep.engine.trial import TrialRun
 
     depth, width, regime = combos[0]
     cfg = base.replace(**{"model.depth": int(depth), "model.width": int(width), "regime": regime,
@@ -199,7 +198,7 @@ def _probe(base: Any, combos: list[tuple[Any, Any, Any]], *, steps: int) -> tupl
 
 
 def format_plan(r: PlanReport) -> str:
-    from analysis.tables import format_count
+    from bnsweep.base.text import format_count
 
     lines = [f"sweep {r.name!r}: {r.method}, {r.configurations} configurations × {r.replicates} seeds = "
              f"{r.trainings} trainings × ≤{r.epochs} epochs  (early stopping: {r.early_stopping})",

@@ -12,7 +12,7 @@ orchestrator treats every method the same way: ``OptunaSearch(space=lambda t: su
 sampler=make_sampler(spec))``.
 
 >>> import optuna
->>> from bnsweep.spec import parse_spec_text
+>>> from bnsweep.spec.sweep_spec import parse_spec_text
 >>> spec = parse_spec_text('''
 ... name: demo
 ... method: grid
@@ -50,8 +50,8 @@ from optuna.samplers import BaseSampler, CmaEsSampler, RandomSampler, TPESampler
 from optuna.study import Study
 from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
-from bnsweep.config import TrialConfig
-from bnsweep.spec import (
+from bnsweep.spec.config import TrialConfig
+from bnsweep.spec.sweep_spec import (
     Constant,
     Distribution,
     OneOf,
@@ -62,7 +62,7 @@ from bnsweep.spec import (
     merge_config,
     one_of_layout,
 )
-from bnsweep.spec import grid_size as _grid_size
+from bnsweep.spec.sweep_spec import grid_size as _grid_size
 
 __all__ = [
     "GridPointSampler",
@@ -115,7 +115,7 @@ def suggest(trial: BaseTrial, parameters: Mapping[str, Param]) -> dict[str, Any]
     """Sample one configuration (define-by-run): flat dotted keys, ``lr_schedule`` as one dict.
 
     >>> import optuna
-    >>> from bnsweep.spec import OneOf, Values
+    >>> from bnsweep.spec.sweep_spec import OneOf, Values
     >>> trial = optuna.trial.FixedTrial({"lr_schedule": "cosine", "lr_schedule.cosine.warmup_epochs": 5})
     >>> suggest(trial, {"lr_schedule": OneOf(options={"constant": {}, "cosine": {"warmup_epochs": Values(
     ...     values=(0, 5))}})})
@@ -163,7 +163,7 @@ def grid_points(parameters: Mapping[str, Param], *, limit: int | None = None) ->
     """Every grid point (``one_of`` options expanded), in the same flat form as ``suggest``; the first
     ``limit`` if given. ``ValueError`` for a continuous distribution.
 
-    >>> from bnsweep.spec import Values
+    >>> from bnsweep.spec.sweep_spec import Values
     >>> grid_points({"batch_size": Values(values=(64, 128)), "lr": Values(values=(0.1,))})
     [{'batch_size': 64, 'lr': 0.1}, {'batch_size': 128, 'lr': 0.1}]
     """
@@ -174,7 +174,7 @@ def grid_points(parameters: Mapping[str, Param], *, limit: int | None = None) ->
 def grid_optuna_params(parameters: Mapping[str, Param], *, limit: int | None = None) -> list[dict[str, Any]]:
     """The Optuna parameters ``suggest`` records for each grid point (e.g. for ``study.enqueue_trial``).
 
-    >>> from bnsweep.spec import OneOf, Values
+    >>> from bnsweep.spec.sweep_spec import OneOf, Values
     >>> grid_optuna_params({"lr_schedule": OneOf(options={"constant": {}, "step": {"gamma": Values(values=(0.1,))}})})
     [{'lr_schedule': 'constant'}, {'lr_schedule': 'step', 'lr_schedule.step.gamma': 0.1}]
     """
@@ -282,7 +282,7 @@ def resolve_trial_config(spec: SweepSpec, sampled: Mapping[str, Any], *, seed: i
     """``spec.fixed`` + ``sampled`` + ``seed`` -> the nested trial config (``TrialConfig.to_dict()``);
     raises ``config.ConfigError`` if the combination is invalid.
 
-    >>> from bnsweep.spec import SweepSpec
+    >>> from bnsweep.spec.sweep_spec import SweepSpec
     >>> spec = SweepSpec(name="t", fixed={"model.depth": 8, "lr_schedule": {"type": "cosine"}})
     >>> cfg = resolve_trial_config(spec, {"lr": 0.5, "lr_schedule": {"warmup_epochs": 2}}, seed=7)
     >>> cfg["model"]["depth"], cfg["lr"], cfg["lr_schedule"]["warmup_epochs"], cfg["seed"]

@@ -15,7 +15,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bnsweep.rundir import atomic_write_text, now_iso, seed_dir
+from bnsweep.base.atomic import atomic_write_text
+from bnsweep.base.meta import now_iso
+from bnsweep.store.rundir import seed_dir
 
 # Reported for a replicate that diverged before any finite validation result.
 DIVERGED_METRIC = {"val_accuracy": 0.0, "train_accuracy": 0.0, "val_loss": 1e3, "train_loss": 1e3}
@@ -59,9 +61,9 @@ def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id:
     import keras
     from ray import tune
 
-    from bnsweep.results import save_trial_record, save_trial_start
-    from bnsweep.tracking import TrackingConfig, TrialTracker
-    from bnsweep.trial import Diverged, TrialRun
+    from bnsweep.engine.trial import Diverged, TrialRun
+    from bnsweep.store.records import save_trial_record, save_trial_start
+    from bnsweep.store.tracking import TrackingConfig, TrialTracker
 
     keras.backend.clear_session()  # a reused worker: free the previous trial's graphs and models
     resolved = config["resolved"]
@@ -154,7 +156,7 @@ def _epochs(resolved: dict[str, Any]) -> int:
 
 
 def _group(cfg: Any) -> str:
-    from bnsweep.config import config_hash
+    from bnsweep.spec.config import config_hash
 
     return config_hash(cfg, ignore=("seed",))
 

@@ -20,6 +20,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from bnsweep.spec.errors import ConfigError
+from bnsweep.spec.schedules import SCHEDULE_TYPES, resolve_schedule
+
 Regime = Literal[
     "all", "bn", "bn_output", "bn_shortcut_output", "shortcut_output", "output", "none", "random_k"
 ]
@@ -31,22 +34,6 @@ OptimizerName = Literal["sgd", "adam", "adamw"]
 Backend = Literal["tensorflow", "jax"]
 Strategy = Literal["none", "mirrored", "tpu"]
 LrScaling = Literal["none", "linear", "sqrt"]
-ScheduleType = Literal[
-    "constant", "step", "multistep", "cosine", "one_cycle", "exponential",
-    "cosine_restarts", "linear_cosine", "rampup_exp",
-]
-SCHEDULE_TYPES: tuple[str, ...] = get_args(ScheduleType)
-
-
-class ConfigError(ValueError):
-    """A trial config value is not allowed. ``key`` is the dotted key, e.g. ``model.depth``."""
-
-    def __init__(self, key: str, received: Any, allowed: str) -> None:
-        self.key, self.received, self.allowed = key, received, allowed
-        shown = repr(received)
-        if len(shown) > 80:  # one readable line, even for a 300-digit number
-            shown = f"{shown[:40]}…{shown[-10:]} ({len(shown)} characters)"
-        super().__init__(f"{key}: expected {allowed}, received {shown}")
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -170,7 +157,7 @@ class TrialConfig:
     lr: float = 0.1  # peak learning rate; with lr_scaling, per `lr_reference_batch` images
     lr_scaling: LrScaling = "none"  # linear (Goyal et al.): lr × batch/reference; sqrt: × √(batch/reference)
     lr_reference_batch: int = 128  # the batch size `lr` is quoted for when lr_scaling is not none
-    lr_schedule: dict[str, Any] = field(default_factory=_default_schedule)  # see schedules.py
+    lr_schedule: dict[str, Any] = field(default_factory=_default_schedule)  # see spec/schedules.py
     batch_size: int = 128
     epochs: int = 160
     seed: int = 0  # model init, random_k mask, shuffling, augmentation
@@ -196,8 +183,6 @@ class TrialConfig:
         if not isinstance(self.lr_schedule, dict) or "type" not in self.lr_schedule:
             raise ConfigError("lr_schedule", self.lr_schedule, "a mapping with a 'type' key")
         _check_choice("lr_schedule.type", self.lr_schedule["type"], SCHEDULE_TYPES)
-        from bnsweep.schedules import resolve_schedule  # the recorded schedule includes its defaults
-
         object.__setattr__(self, "lr_schedule", resolve_schedule(self.lr_schedule))
         if self.steps_per_epoch is not None:
             _check_positive("steps_per_epoch", self.steps_per_epoch, integer=True, maximum=10**9)

@@ -55,3 +55,54 @@ def ended_configurations(storage_url: str, study_name: str) -> int:
 def trial_dirname(trial: Any) -> str:
     """Ray Tune's per-trial folder: the trial id (the default embeds the config, paths included)."""
     return str(trial.trial_id)
+
+
+def make_search(spec: Any, storage_url: str) -> tuple[Any, int]:
+    import optuna
+
+    from bnsweep.sweep.space import count_configurations, make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(
+        storage_url, engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {})
+    from bnsweep.sweep.searcher import ResumableOptunaSearch
+
+    searcher = ResumableOptunaSearch(
+        space=DefineByRun(spec), metric=spec.metric.name, mode=spec.metric.mode,
+        sampler=make_sampler(spec), storage=storage, study_name=STUDY_NAME,
+        max_configurations=count_configurations(spec))
+    return searcher, count_configurations(spec)
+
+
+class DefineByRun:
+    """The Optuna define-by-run space (a class, not a closure: Ray pickles the searcher's state).
+
+    Returns the fully resolved trial config (without the seed: each replicate sets its own) so the
+    worker never re-derives it.
+    """
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        from bnsweep.sweep.space import resolve_trial_config, suggest
+
+        resolved = resolve_trial_config(self.spec, suggest(trial, self.spec.parameters), seed=self.spec.seed)
+        resolved.pop("seed", None)
+        return {"resolved": resolved}
+
+
+def make_scheduler(spec: Any) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    s = spec.scheduler
+    epochs = int(spec.base_trial_config().get("epochs", 160))
+    if s.type == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=max(epochs, s.grace_period),
+                             grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    if s.type == "median":
+        return MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period, min_samples_required=3)
+    return FIFOScheduler()
+
+
+STUDY_NAME = "bnsweep"

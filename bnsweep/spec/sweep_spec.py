@@ -60,7 +60,8 @@ from typing import Any, Literal, TypeAlias, get_args
 
 import yaml
 
-from bnsweep.config import ConfigError, DataConfig, ModelConfig, OptimizerConfig, TrialConfig, unflatten
+from bnsweep.spec.config import DataConfig, ModelConfig, OptimizerConfig, TrialConfig, unflatten
+from bnsweep.spec.errors import ConfigError
 
 __all__ = [
     "DISTRIBUTION_KINDS",
@@ -263,7 +264,7 @@ class Resources:
 
     ``cpu`` left out (``None``) lets ``launch`` choose the packing for the machine it runs on: as few
     trials at once as fill the CPUs, each with an equal share as its TensorFlow threads
-    (``accelerators.default_cpus_per_trial``; measured in bench/RESULTS.md §4). A number fixes it.
+    (``sweep.packing.default_cpus_per_trial``; measured in bench/RESULTS.md §4). A number fixes it.
 
     >>> Resources(gpu=0.25).cpu is None, Resources(cpu=2).cpu
     (True, 2)
@@ -551,7 +552,7 @@ def _config_error(flat: Mapping[str, Any]) -> ConfigError | None:
     """The first problem of a trial config (TrialConfig, then the LR schedule's own parameters)."""
     try:
         cfg = TrialConfig.from_dict(dict(flat))
-        from bnsweep import schedules  # numpy only; imported late to keep this module quick to import
+        from bnsweep.spec import schedules  # numpy only
 
         schedules.resolve_schedule(cfg.lr_schedule)
     except ConfigError as e:

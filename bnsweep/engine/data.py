@@ -8,7 +8,7 @@ checksums verified before unpickling) and ``synthetic`` (tests only). Images sta
 memory; casting, augmentation and normalization run inside the compiled training step
 (``Preprocess``), on whatever device trains.
 
->>> from bnsweep.config import DataConfig
+>>> from bnsweep.spec.config import DataConfig
 >>> d = load_data(DataConfig(source="synthetic", synthetic_size=64, val_size=16, test_size=16))
 >>> d.x_train.shape, d.x_val.shape, d.x_test.shape, d.x_train.dtype.name
 ((64, 32, 32, 3), (16, 32, 32, 3), (16, 32, 32, 3), 'uint8')
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsweep.config import DataConfig
+from bnsweep.spec.config import DataConfig
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"

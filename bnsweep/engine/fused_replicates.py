@@ -43,15 +43,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnsweep.config import TrialConfig
-from bnsweep.data import Splits, load_data
-from bnsweep.trial import EpochMetrics
+from bnsweep.engine.data import Splits, load_data
+from bnsweep.engine.trial import EpochMetrics
+from bnsweep.spec.config import TrialConfig
 
 Layout = Literal["auto", "grouped", "separate"]
 
 
 def _has_accelerator() -> bool:
-    from bnsweep.accelerators import describe_accelerator
+    from bnsweep.engine.backend import describe_accelerator
 
     return describe_accelerator()["kind"] in ("gpu", "tpu")
 
@@ -66,19 +66,19 @@ class FusedTrialRun:
             raise ValueError(f"seeds: expected distinct seeds, received {seeds!r}")
         if cfg.strategy != "none":
             raise ValueError("fused replicates do not support distribution strategies (strategy must be 'none')")
-        from bnsweep import accelerators
+        from bnsweep.engine import backend
 
-        accelerators.select_backend(cfg.backend)
+        backend.select_backend(cfg.backend)
         import keras
 
-        from bnsweep.data import make_preprocess
-        from bnsweep.fastbn import use_fast_batchnorm
-        from bnsweep.models import build_resnet
-        from bnsweep.regimes import account, apply_regime
-        from bnsweep.schedules import make_optimizer
-        from bnsweep.trial import _cpus, _jit
+        from bnsweep.engine.batchnorm import use_fast_batchnorm
+        from bnsweep.engine.data import make_preprocess
+        from bnsweep.engine.models import build_resnet
+        from bnsweep.engine.optimizers import make_optimizer
+        from bnsweep.engine.regimes import account, apply_regime
+        from bnsweep.engine.trial import _cpus, _jit
 
-        accelerators.configure_threads(cfg.threads or threads or _cpus())
+        backend.configure_threads(cfg.threads or threads or _cpus())
         self.config, self.seeds, self.n = cfg, list(seeds), len(seeds)
         self.configs = [cfg.replace(seed=s) for s in seeds]
         self.layout = ("grouped" if _has_accelerator() else "separate") if layout == "auto" else layout
@@ -224,7 +224,7 @@ def build_grouped_resnet(cfg: Any, n: int, *, name: str = "grouped_resnet") -> A
     import keras
     from keras import layers
 
-    from bnsweep.models import BN_EPSILON, BN_MOMENTUM, layer_specs, resnet_trunk
+    from bnsweep.engine.models import BN_EPSILON, BN_MOMENTUM, layer_specs, resnet_trunk
 
     specs = {s.name: s for s in layer_specs(cfg)}
 

@@ -10,7 +10,7 @@ momentum 0.1 (Keras 0.9) and ε = 1e-5 so running statistics match open_lth.
 ``layer_specs`` is the single description of the architecture: the Keras builder and the
 parameter/FLOP accounting in ``regimes.py`` both read it.
 
->>> from bnsweep.config import ModelConfig
+>>> from bnsweep.spec.config import ModelConfig
 >>> sum(s.params for s in layer_specs(ModelConfig(depth=20)))  # trainable when everything trains
 272474
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bnsweep.config import ModelConfig
+from bnsweep.spec.config import ModelConfig
 
 LayerKind = Literal["conv", "bn", "dense"]
 BN_MOMENTUM = 0.9  # Keras convention: moving = 0.9·moving + 0.1·batch (PyTorch momentum 0.1)
@@ -112,7 +112,7 @@ def resnet_trunk(inputs: Any, cfg: ModelConfig, *, conv: Callable[[Any, str], An
 def build_resnet(cfg: ModelConfig, *, seed: int, name: str | None = None):  # -> keras.Model
     """The network on normalized float32 images (N, 32, 32, 3). Deterministic given ``seed``.
 
-    >>> from bnsweep.config import ModelConfig
+    >>> from bnsweep.spec.config import ModelConfig
     >>> build_resnet(ModelConfig(depth=8), seed=0).count_params()  # incl. BN moving statistics
     78714
     """

@@ -15,93 +15,19 @@ True
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import socket
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from bnsweep.base.meta import now_iso
 
 LOCK_NAME = ".lock"
 
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked; the message says why and what to do."""
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any], *, pause_point: str | None = None) -> None:
-    """``write(binary_file)`` into a temporary sibling, fsync, rename over ``path``, fsync the directory:
-    readers see the old file or the new one, never half; a failed write leaves the old file and no
-    temporary one. ``pause_point`` is a test-only kill point between writing and renaming."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if pause_point:
-            pause_for_tests(pause_point)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``atomic_write`` of a bytes object."""
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """``atomic_write`` of a UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def pickle_complete(p: Path) -> bool:
-    """A pickle file that is there and whole (it ends with the STOP opcode; a torn one does not)."""
-    try:
-        with open(p, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() < 2:
-                return False
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"."
-    except OSError:
-        return False
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def git_commit(start: Path | None = None) -> str | None:
-    """The project's git commit (``-dirty`` if it has uncommitted changes), or None outside git."""
-    here = start or Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -251,24 +177,6 @@ def _flock_state(path: Path) -> str:
         return "unknown"
     finally:
         os.close(fd)
-
-
-# Test-only (tests/test_reliability.py): BNSWEEP_TEST_PAUSE_AT=<point> makes the driver stop at that
-# point of its work, write BNSWEEP_TEST_PAUSE_FILE and sleep, so a test can kill it exactly there.
-TEST_PAUSE_ENV = "BNSWEEP_TEST_PAUSE_AT"
-TEST_PAUSE_FILE_ENV = "BNSWEEP_TEST_PAUSE_FILE"
-
-
-def pause_for_tests(point: str) -> None:
-    """Test-only kill point (a no-op unless ``BNSWEEP_TEST_PAUSE_AT`` names ``point``)."""
-    if os.environ.get(TEST_PAUSE_ENV) != point:
-        return
-    import time
-
-    marker = os.environ.get(TEST_PAUSE_FILE_ENV)
-    if marker:
-        atomic_write_text(Path(marker), json.dumps({"point": point, "pid": os.getpid()}))
-    time.sleep(600)
 
 
 def seed_dir(run_dir: Path, trial_id: str, seed: int) -> Path:

@@ -7,7 +7,7 @@ regime (Keras switches a BN layer to inference mode when the *layer* is frozen; 
 k = the number of BN γ/β parameters, enforced element-wise by a constraint that restores the frozen
 elements after every optimizer step.
 
->>> from bnsweep.config import ModelConfig
+>>> from bnsweep.spec.config import ModelConfig
 >>> a = account(ModelConfig(depth=20), "bn")
 >>> a.trainable, a.bn, a.output, a.total
 (1568, 1568, 650, 274042)
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from bnsweep.config import REGIMES, ModelConfig
-from bnsweep.models import LayerSpec, layer_specs
+from bnsweep.engine.models import LayerSpec, layer_specs
+from bnsweep.spec.config import REGIMES, ModelConfig
 
 # What trains in each regime, as predicates over (layer spec, variable part).
 # part: "kernel" / "bias" (conv, dense) or "gamma" / "beta" (BN).

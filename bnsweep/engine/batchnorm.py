@@ -13,7 +13,7 @@ statistics in training mode, the same moving-average updates with the biased bat
 training-mode ``call``:
 
 * on TensorFlow uses TensorFlow's fused kernels (``FusedBatchNormV3`` forward, ``FusedBatchNormGradV3``
-  backward; oneDNN on CPU, cuDNN on GPU), obtained from ``accelerators.fused_batch_norm_kernel`` —
+  backward; oneDNN on CPU, cuDNN on GPU), obtained from ``backend.fused_batch_norm_kernel`` —
   the module that holds every backend-specific call — ~1.5× faster training steps on the 2-core CPU;
 * elsewhere (JAX; or ``BNSWEEP_TF_FUSED_BN=0``; or ``KerasOpsBatchNormalization``) computes
   ``y = x·a + b`` with per-channel ``a = γ/√(σ²+ε)``, ``b = β - μ·a``, and the closed-form backward
@@ -58,7 +58,7 @@ class FastBatchNormalization(keras.layers.BatchNormalization):
         x = ops.cast(inputs, compute_dtype)
         gamma, beta = ops.cast(self.gamma, compute_dtype), ops.cast(self.beta, compute_dtype)
         kernel = _fused_kernel() if self.backend_kernel and len(x.shape) == 4 else None
-        if kernel is not None:  # TensorFlow: its fused BN kernels (accelerators.fused_batch_norm_kernel)
+        if kernel is not None:  # TensorFlow: its fused BN kernels (backend.fused_batch_norm_kernel)
             y, mean, variance = kernel(x, gamma, beta, self.epsilon)
         else:
             axes = tuple(self._reduction_axes)
@@ -78,7 +78,7 @@ _KERNEL: dict[str, Any] = {}
 
 def _fused_kernel() -> Any:
     if "kernel" not in _KERNEL:
-        from bnsweep.accelerators import fused_batch_norm_kernel
+        from bnsweep.engine.backend import fused_batch_norm_kernel
 
         _KERNEL["kernel"] = fused_batch_norm_kernel()
     return _KERNEL["kernel"]

@@ -25,9 +25,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from bnsweep import interrupts
+from bnsweep.base import interrupts
+from bnsweep.sweep.recovery import BACKUP_DIR
 
-BACKUP_DIR = ".bnsweep-backup"  # inside RUN_DIR/ray
 TABLE_INTERVAL_S = 5.0  # rewrite the results table at most this often while trials end (always at the end)
 
 
@@ -111,7 +111,7 @@ class SweepMonitor(Callback):
 
     # ---------------------------------------------------------------- helpers
     def _close(self, trial: Any, status: str, reason: str) -> int:
-        from bnsweep.search import close_unfinished_replicates
+        from bnsweep.sweep.recovery import close_unfinished_replicates
 
         resolved = trial.config.get("resolved")
         if resolved is None:
@@ -153,7 +153,7 @@ class SweepMonitor(Callback):
 
     def _write_table(self) -> None:
         """Rewrite the results table; spaced so that writing takes at most ~10% of the driver's time."""
-        from bnsweep.results import write_results_table
+        from bnsweep.store.table import write_results_table
 
         t0 = time.time()
         try:
@@ -182,7 +182,7 @@ class SweepMonitor(Callback):
     def _backup(self, staging: Path, state_name: str) -> None:
         """Copy Ray's just-written state (its driver staging directory) into ray/.bnsweep-backup,
         each file written then renamed."""
-        from bnsweep.rundir import atomic_write_bytes, pickle_complete
+        from bnsweep.base.atomic import atomic_write_bytes, pickle_complete
 
         backup = self.run_dir / "ray" / BACKUP_DIR
         session = state_name.removeprefix("experiment_state-").removesuffix(".json")
