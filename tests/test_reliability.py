@@ -667,11 +667,11 @@ def test_a_results_table_writer_killed_at_random_moments_never_leaves_a_half_tab
 
 def test_state_files_are_written_then_renamed(tmp_path, monkeypatch):
     """A write that fails half way (disk full, a kill) leaves the previous file and no temporary file."""
-    from bnsweep.store import rundir
-    from bnsweep.store import table as results
+    from bnsweep.base import atomic
+    from bnsweep.store import records
 
     target = tmp_path / "sweep.json"
-    rundir.atomic_write_text(target, '{"old": 1}')
+    atomic.atomic_write_text(target, '{"old": 1}')
 
     class Boom(Exception):
         pass
@@ -682,9 +682,9 @@ def test_state_files_are_written_then_renamed(tmp_path, monkeypatch):
         raise Boom
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    for write in (lambda: rundir.atomic_write_text(target, '{"new": 1}' * 1000),
-                  lambda: rundir.atomic_write_bytes(target, b"x" * 10000),
-                  lambda: results._atomic_json(target, {"new": 2})):
+    for write in (lambda: atomic.atomic_write_text(target, '{"new": 1}' * 1000),
+                  lambda: atomic.atomic_write_bytes(target, b"x" * 10000),
+                  lambda: records._atomic_json(target, {"new": 2})):
         with pytest.raises(Boom):
             write()
         assert target.read_text() == '{"old": 1}'
