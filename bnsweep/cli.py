@@ -288,6 +288,15 @@ def _broken_pipe() -> int:  # `bnsweep plan X | head`
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; returns the exit status (0 done, 2 bad input, 130 Ctrl-C, 143 SIGTERM)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while the verb's modules import, before the verb's own handling below
+        print("\ninterrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     import yaml
 
     from bnsweep.engine.data import DataError
@@ -304,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     from bnsweep.base import interrupts
 
     try:  # launch and resume: a Ctrl-C is never lost, nor lands inside Ray's start-up (bnsweep.base.interrupts)
-        with interrupts.catching() if args.verb in ("launch", "resume") else contextlib.nullcontext():
+        # plan too: its probe trains in this process, where a library callback can swallow a Ctrl-C
+        with interrupts.catching() if args.verb in ("launch", "resume", "plan") else contextlib.nullcontext():
             status = int(args.func(args) or 0)
+            interrupts.raise_if_pending()
         return EXIT_TERMINATED if status == EXIT_INTERRUPTED and interrupts.terminated() else status
     except SpecError as e:
         for problem in e.problems:

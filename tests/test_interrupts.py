@@ -6,17 +6,21 @@ launches interrupted end to end: test_reliability's kill campaign and its Ctrl-C
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
 import subprocess
 import sys
 import weakref
+from pathlib import Path
 
 import pytest
 
 from bnsweep.base import interrupts
 from bnsweep.sweep.monitor import SweepMonitor
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -198,3 +202,32 @@ def test_sigterm_stops_at_once_like_a_second_ctrl_c_and_is_told_apart():
     assert signal.getsignal(signal.SIGTERM) is before
     with interrupts.catching():
         assert not interrupts.terminated()  # each block starts afresh
+
+
+@pytest.mark.parametrize("where, module", [("while the CLI module imports", "argparse"),
+                                           ("while a verb's modules import", "yaml")])
+def test_a_ctrl_c_during_imports_exits_130_without_a_traceback(tmp_path, where, module):
+    """A Ctrl-C in the first fraction of a second of any verb lands in an import: a module that raises
+    KeyboardInterrupt when imported stands in for it (first on the path, it shadows the real one)."""
+    (tmp_path / f"{module}.py").write_text("raise KeyboardInterrupt\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    got = subprocess.run([sys.executable, "-m", "bnsweep", "status", str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert got.returncode == 130, (where, got.returncode, got.stderr[-2000:])
+    assert "Traceback" not in got.stderr and got.stderr.strip() == "interrupted.", (where, got.stderr)
+
+
+def test_plan_exits_130_when_a_library_swallowed_the_ctrl_c_during_its_probe(monkeypatch, capsys):
+    """A Ctrl-C dropped inside a library callback while plan's probe trains (TensorFlow, SQLAlchemy) must
+    not let plan finish with exit 0: the remembered signal is raised after the probe."""
+    from bnsweep import cli
+    from bnsweep.report import plan
+
+    def probe_that_swallows(*args, **kwargs):
+        with contextlib.suppress(KeyboardInterrupt):  # ...and a library callback drops it
+            signal.raise_signal(signal.SIGINT)  # our handler raises KeyboardInterrupt here...
+        return 123.0, "fake probe"
+
+    monkeypatch.setattr(plan, "_probe", probe_that_swallows)
+    spec = ROOT / "sweeps" / "quickstart.yaml"
+    assert cli.main(["plan", str(spec)]) == cli.EXIT_INTERRUPTED

@@ -46,3 +46,22 @@ parameters:
     r = make_plan(spec, probe=False)
     assert {m["regime"]: m["trainable"] for m in r.models} == {"all": 78042, "bn": 672, "none": 0}
     assert r.configurations == 3
+
+
+def test_plan_prints_no_tensorflow_start_up_noise(tmp_path):
+    """TensorFlow 2.21 prints 9-11 lines (cuInit, oneDNN, CPU features) from C++ before any logging setting
+    applies; `plan`'s probe imports it: none of those lines reach the terminal, the plan does."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    got = subprocess.run([sys.executable, "-m", "bnsweep", "plan", str(root / "sweeps" / "quickstart.yaml"),
+                          "--set", "data.source=synthetic"], capture_output=True, text=True, timeout=300, env=env)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert "probe" in got.stdout.lower() or "images/s" in got.stdout, got.stdout
+    noise = [line for line in got.stderr.splitlines() if "I0000" in line or "cuInit" in line or "absl" in line
+             or "oneDNN" in line]
+    assert not noise, noise

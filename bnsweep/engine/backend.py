@@ -10,15 +10,19 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import re
+from collections.abc import Iterator
 from typing import Any
 
 _configured: dict[str, Any] = {}
 
 
 def select_backend(backend: str) -> None:
-    """Set ``KERAS_BACKEND`` before Keras is imported; refuses to switch an already-imported Keras."""
+    """Set ``KERAS_BACKEND`` and import Keras (its start-up noise filtered, ``native_noise_filtered``);
+    refuses to switch an already-imported Keras."""
     import sys
 
     if "keras" in sys.modules:
@@ -30,6 +34,58 @@ def select_backend(backend: str) -> None:
                 f"start a new process with KERAS_BACKEND={backend} to use {backend!r}")
         return
     os.environ["KERAS_BACKEND"] = backend
+    with native_noise_filtered():
+        import keras  # (TensorFlow / XLA print their start-up lines now)
+
+
+# What TensorFlow, XLA and absl print on every start, before any logging setting applies (TF 2.21 writes
+# these from C++ before absl::InitializeLog, so TF_CPP_MIN_LOG_LEVEL cannot silence them): 9-11 lines of
+# "cuInit failed" / oneDNN / CPU-feature notes in front of every command that trains.
+_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|Could not find cuda drivers"
+    r"|cpu_feature_guard|^To enable the following instructions|rebuild TensorFlow with the appropriate compiler"
+    r"|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered"
+    r"|TF-TRT Warning|This TensorFlow binary is optimized|cudart_stub|Unable to initialize backend 'cuda'"
+    r"|An NVIDIA GPU may be present on this machine")
+
+
+@contextlib.contextmanager
+def native_noise_filtered() -> Iterator[None]:
+    """Run the block with file descriptor 2 (native code's stderr) going to a temporary file, then write the
+    lines that are not known start-up noise (``_NOISE``) to stderr: errors still show, the notes do not.
+    ``BNSWEEP_SHOW_NATIVE_LOGS=1`` turns the filter off.
+
+    >>> import os
+    >>> with native_noise_filtered():
+    ...     _ = os.write(2, b"I0000 oneDNN custom operations are on.")  # not shown
+    """
+    if os.environ.get("BNSWEEP_SHOW_NATIVE_LOGS") == "1":
+        yield
+        return
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 (embedded interpreters): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if line.strip() and not _NOISE.search(line)]
+            if kept:
+                with contextlib.suppress(OSError):
+                    os.write(2, "".join(kept).encode())
 
 
 def configure_threads(threads: int | None) -> None:
@@ -43,18 +99,23 @@ def configure_threads(threads: int | None) -> None:
 
     _configured["threads"] = threads
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        with native_noise_filtered():  # the first device query prints "failed call to cuInit" without a GPU
+            _configure_tensorflow_threads(threads)
 
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:  # the TF runtime is already initialized in this process
-            pass
-        try:  # several trials per GPU: do not let one trial take the card's memory
-            for gpu in tf.config.list_physical_devices("GPU"):
-                tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
+
+def _configure_tensorflow_threads(threads: int) -> None:
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # the TF runtime is already initialized in this process
+        pass
+    try:  # several trials per GPU: do not let one trial take the card's memory
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        pass
 
 
 def fused_batch_norm_kernel() -> Any:
@@ -101,27 +162,28 @@ def describe_accelerator() -> dict[str, Any]:
     backend = keras.backend.backend()
     kind, name, count = "cpu", platform.processor() or platform.machine(), os.cpu_count() or 1
     threads = _configured.get("threads")
-    try:
-        if backend == "jax":
-            import jax
+    with native_noise_filtered():  # a first device query prints cuInit/absl notes
+        try:
+            if backend == "jax":
+                import jax
 
-            devices = jax.devices()
-            if devices and devices[0].platform != "cpu":
-                kind = "tpu" if devices[0].platform == "tpu" else "gpu"
-                name, count = devices[0].device_kind, len(devices)
-        elif backend == "tensorflow":
-            import tensorflow as tf
+                devices = jax.devices()
+                if devices and devices[0].platform != "cpu":
+                    kind = "tpu" if devices[0].platform == "tpu" else "gpu"
+                    name, count = devices[0].device_kind, len(devices)
+            elif backend == "tensorflow":
+                import tensorflow as tf
 
-            threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()  # 0: all cores
-            gpus = tf.config.list_logical_devices("GPU")
-            tpus = tf.config.list_logical_devices("TPU")
-            if tpus:
-                kind, name, count = "tpu", "TPU", len(tpus)
-            elif gpus:
-                details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
-                kind, name, count = "gpu", details.get("device_name", "GPU"), len(gpus)
-    except Exception:  # describing must never fail a trial
-        pass
+                threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()  # 0: all cores
+                gpus = tf.config.list_logical_devices("GPU")
+                tpus = tf.config.list_logical_devices("TPU")
+                if tpus:
+                    kind, name, count = "tpu", "TPU", len(tpus)
+                elif gpus:
+                    details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+                    kind, name, count = "gpu", details.get("device_name", "GPU"), len(gpus)
+        except Exception:  # describing must never fail a trial
+            pass
     return {"kind": kind, "name": name, "count": count, "backend": backend, "threads": threads}
 
 

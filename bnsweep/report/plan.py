@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from bnsweep.base import interrupts
+
 # Sustained fp32 training throughput assumed for "one GPU" estimates when no GPU probe exists
 # (a ResNet-20-sized convnet reaches a small fraction of an H100/H200's peak at batch 128).
 ASSUMED_GPU_TFLOPS = 20.0
@@ -191,7 +193,9 @@ def _probe(base: Any, combos: list[tuple[Any, Any, Any]], *, steps: int) -> tupl
     try:
         run = TrialRun(cfg)
         run.train_epoch()  # compiles
+        interrupts.raise_if_pending()  # a Ctrl-C a library callback swallowed while TensorFlow worked
         m = run.train_epoch()
+        interrupts.raise_if_pending()
         return m.images_per_sec, f"ResNet-{depth} W={width} {regime}, batch {base.batch_size}, {steps} steps"
     except Exception as e:  # a probe failure must not hide the rest of the plan
         return None, f"probe failed: {type(e).__name__}: {e}"
