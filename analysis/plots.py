@@ -62,11 +62,14 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
     return {n: cycle[i % len(cycle)] for i, n in enumerate(names)}
 
 
-def _net_name(depth: Any, width: Any) -> str:
+def _net_name(depth: Any, width: Any, arch: Any = "resnet") -> str:
+    """ResNet-20, WRN-14-2, or Bottleneck-20 (the notebooks' network)."""
     try:
         d, w = int(depth), int(width)
     except (TypeError, ValueError):
         return "?"
+    if arch == "idiomatic_bottleneck":
+        return f"Bottleneck-{d}" if w == 1 else f"Bottleneck-{d}-{w}"
     return f"ResNet-{d}" if w == 1 else f"WRN-{d}-{w}"
 
 
@@ -89,26 +92,34 @@ def _need(df: pd.DataFrame, what: str) -> None:
 def _params_vs_accuracy(dirs: list[Path], *, metric: str, **_: Any) -> tuple[Figure, str]:
     df = _completed(load_runs(dirs), metric)
     _need(df, f"no completed replicate has {metric}")
-    s = summarize(df, group_by=("regime", "model.depth", "model.width"), metric=metric)
+    s = summarize(df, group_by=("regime", "model.depth", "model.width"), metric=metric)  # + model.arch if mixed
     fig = Figure(figsize=(7, 4.8), layout="constrained")
     ax = fig.add_subplot()
     regimes = _regimes(s["regime"].tolist())
     colors = _colors(regimes)
+    archs = list(dict.fromkeys(s["model.arch"])) if "model.arch" in s else ["resnet"]
     for regime in regimes:
-        sub = s[s["regime"] == regime].copy()
-        sub["x"] = pd.to_numeric(sub["params_trainable"], errors="coerce").astype("float64")
-        sub = sub.sort_values("x")
-        y = 100 * sub[f"{metric}_mean"].to_numpy(float)
-        err = np.nan_to_num(100 * sub[f"{metric}_std"].to_numpy(float))
-        n = int(sub["n"].sum())
-        if (sub["x"] <= 0).all():  # nothing trains: no place on a log axis, a reference line instead
-            ax.axhline(float(np.mean(y)), ls="--", color=colors[regime], label=f"{regime} (0 trainable, n={n})")
-            continue
-        sub, y, err = sub[sub["x"] > 0], y[sub["x"].to_numpy() > 0], err[sub["x"].to_numpy() > 0]
-        ax.errorbar(sub["x"], y, yerr=err, marker="o", capsize=3, color=colors[regime], label=f"{regime} (n={n})")
-        for x, yy, d, w in zip(sub["x"], y, sub["model.depth"], sub["model.width"], strict=True):
-            ax.annotate(_net_name(d, w), (x, yy), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=colors[regime])
+        for arch in archs:  # one line per network family: the two are never joined
+            sub = s[(s["regime"] == regime) & ((s["model.arch"] == arch) if "model.arch" in s else True)].copy()
+            if sub.empty:
+                continue
+            name = regime if len(archs) == 1 else f"{regime} · {'bottleneck' if arch != 'resnet' else 'ResNet'}"
+            ls = "--" if arch == "idiomatic_bottleneck" else "-"
+            sub["x"] = pd.to_numeric(sub["params_trainable"], errors="coerce").astype("float64")
+            sub = sub.sort_values("x")
+            y = 100 * sub[f"{metric}_mean"].to_numpy(float)
+            err = np.nan_to_num(100 * sub[f"{metric}_std"].to_numpy(float))
+            n = int(sub["n"].sum())
+            if (sub["x"] <= 0).all():  # nothing trains: no place on a log axis, a reference line instead
+                ax.axhline(float(np.mean(y)), ls=":", color=colors[regime], label=f"{name} (0 trainable, n={n})")
+                continue
+            keep = sub["x"].to_numpy() > 0
+            sub, y, err = sub[keep], y[keep], err[keep]
+            ax.errorbar(sub["x"], y, yerr=err, marker="o", ls=ls, capsize=3, color=colors[regime],
+                        label=f"{name} (n={n})")
+            for x, yy, d, w in zip(sub["x"], y, sub["model.depth"], sub["model.width"], strict=True):
+                ax.annotate(_net_name(d, w, arch), (x, yy), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=colors[regime])
     ax.set_xscale("log")
     ax.set_xlabel("Trainable parameters (count, log scale)")
     ax.set_ylabel(f"{_label(metric)}")
@@ -374,7 +385,8 @@ def _feature_maps(dirs: list[Path], *, trials: Sequence[str] | None = None, n_im
             sub.colorbar(im, cax=cax, label="ReLU(BN(conv)) (a.u.)")
         acc = row["val_accuracy_best"]
         acc_text = f"{100 * acc:.1f}%" if isinstance(acc, float) and math.isfinite(acc) else "–"
-        sub.suptitle(f"{row['regime']} · {_net_name(row['model.depth'], row['model.width'])} · "
+        net_name = _net_name(row["model.depth"], row["model.width"], row.get("model.arch", "resnet"))
+        sub.suptitle(f"{row['regime']} · {net_name} · "
                      f"{row['trial_id']}/seed-{row['seed']} · best val. acc. {acc_text}", fontsize=9)
     foot.text(0.5, 0.5, "Stem-conv channel (filter index); first column: input image (32×32 px)",
               ha="center", va="center", fontsize=9)

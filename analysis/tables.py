@@ -25,12 +25,13 @@ from bnsweep.base.text import format_count
 from bnsweep.spec.config import REGIMES
 
 DEFAULT_GROUP: tuple[str, ...] = ("regime", "model.depth", "model.width")
+ARCH = "model.arch"  # the network family: resnet (the paper's) or idiomatic_bottleneck (the notebooks')
 RunDirs = str | Path | Iterable[str | Path]
 
 HEADERS = {
     "regime": "Regime", "model.depth": "Depth", "model.width": "Width", "depth": "Depth", "width": "Width",
     "batch_size": "Batch size", "lr": "LR", "lr_schedule.type": "LR schedule", "optimizer.name": "Optimizer",
-    "epochs": "Epochs", "model.gamma_init": "γ init", "sweep": "Sweep",
+    "epochs": "Epochs", "model.gamma_init": "γ init", "sweep": "Sweep", "model.arch": "Network",
     "test_accuracy": "Test acc. (%)", "val_accuracy_best": "Best val. acc. (%)",
     "val_accuracy_final": "Val. acc. (%)", "test_loss": "Test loss", "val_loss_final": "Val. loss",
     "gamma_near_zero": "|γ| < 0.01 (%)", "images_per_sec": "Images/s", "wall_seconds": "Wall time (s)",
@@ -163,15 +164,29 @@ def _metrics(metric: str | Sequence[str]) -> list[str]:
     return [metric] if isinstance(metric, str) else list(metric)
 
 
+def with_arch(df: pd.DataFrame, group_by: Sequence[str]) -> tuple[str, ...]:
+    """``group_by`` with ``model.arch`` in front when the table holds both networks and the grouping
+    does not say which: a bottleneck ResNet-20 and the paper's ResNet-20 are never pooled.
+
+    >>> import pandas as pd
+    >>> with_arch(pd.DataFrame({"model.arch": ["resnet", "idiomatic_bottleneck"]}), DEFAULT_GROUP)[0]
+    'model.arch'
+    """
+    keys = tuple(group_by)
+    if ARCH in keys or ARCH not in df.columns or df[ARCH].dropna().nunique() < 2:
+        return keys
+    return (ARCH, *keys)
+
+
 def summarize(df: pd.DataFrame | RunDirs, *, group_by: Sequence[str] = DEFAULT_GROUP,
               metric: str | Sequence[str] = "test_accuracy") -> pd.DataFrame:
     """One row per cell of ``group_by``: for each metric ``m``, ``m_mean``, ``m_std`` (ddof=1; NaN
     for a single value) and ``m_n`` over completed replicates with a finite value; ``n`` completed
     replicates, ``n_failed``, ``n_pruned``, ``n_diverged``, ``n_running``; ``params_trainable`` and
     ``params_total`` of the cell's network (the median if a cell mixes sizes). Cells are sorted
-    (regimes in the paper's order)."""
+    (regimes in the paper's order). Both networks in one table: ``model.arch`` joins the keys."""
     df = _frame(df)
-    metrics, keys = _metrics(metric), list(group_by)
+    metrics, keys = _metrics(metric), list(with_arch(df, group_by))
     _check_columns(df, [*keys, *metrics, "status"])
     rows = []
     if len(df):
@@ -573,6 +588,7 @@ def export(run_dirs: RunDirs, *, fmt: Literal["latex", "markdown", "csv", "parqu
     dirs = _as_list(run_dirs)
     df = load_runs(dirs)
     check_metrics(df, _metrics(metric))
+    group_by = with_arch(df, group_by)
     summary = summarize(df, group_by=group_by, metric=metric)
     prov = provenance([d.parent if d.is_file() else d for d in dirs])
     if fmt == "latex":

@@ -479,3 +479,32 @@ def test_export_of_a_non_numeric_metric_is_refused_listing_the_numeric_ones(tiny
         r = _cli("export", str(tiny_run_dir.run_dir), "--metric", metric, cwd=tmp_path)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert f"--metric {metric}: {why}" in r.stderr and "numeric metrics: test_accuracy, test_loss" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ both networks
+
+
+def test_the_two_networks_are_never_pooled(tmp_path):
+    """A bottleneck ResNet-20 and the paper's ResNet-20 share depth and width: tables and the
+    params-vs-accuracy figure keep them apart (model.arch joins the keys when both are present)."""
+    rows = []
+    for arch, acc, params in (("resnet", 0.5, 1_568), ("idiomatic_bottleneck", 0.2, 4_000)):
+        for seed in (0, 1):
+            rows.append({"sweep": "mixed", "trial_id": f"t_{arch}", "seed": seed, "status": "completed",
+                         "regime": "bn", "model.depth": 20, "model.width": 1, "model.arch": arch,
+                         "test_accuracy": acc + 0.01 * seed, "params_trainable": params, "params_total": 99})
+    path = tmp_path / "results.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    s = summarize(load_runs(path))
+    assert list(s.columns[:4]) == ["model.arch", "regime", "model.depth", "model.width"] and len(s) == 2
+    assert sorted(s["test_accuracy_mean"].round(3)) == [0.205, 0.505]
+    md = export(path, fmt="markdown")
+    assert "| Network | Regime |" in md and "| idiomatic_bottleneck | bn | 20 |" in md
+    single = summarize(load_runs(path).query("`model.arch` == 'resnet'"))
+    assert "model.arch" not in single.columns  # one network: the default keys
+    from bnsweep.analysis.plots import _params_vs_accuracy
+
+    fig, _ = _params_vs_accuracy([path], metric="test_accuracy")
+    labels = sorted(c.get_label() for c in fig.axes[0].containers)
+    assert labels == ["bn · ResNet (n=2)", "bn · bottleneck (n=2)"]
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["Bottleneck-20", "ResNet-20"]
