@@ -29,7 +29,8 @@ COUNTS = {"all": 571_114, "bn": 4_000, "none": 0}
 
 def _configs(name: str) -> list[dict]:
     spec = load_spec(SWEEPS / f"{name}.yaml")
-    return [TrialConfig.from_dict(resolve_trial_config(spec, p, seed=0)).to_dict() for p in grid_points(spec.parameters)]
+    points = grid_points(spec.parameters)
+    return [TrialConfig.from_dict(resolve_trial_config(spec, p, seed=0)).to_dict() for p in points]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
