@@ -8,7 +8,10 @@ Kinds (``plot(run_dirs, kind=..., out_dir=...)``):
   std over seeds (the paper's Fig. 2); several run directories are pooled.
 - ``lr-curves``: the planned LR per epoch of each distinct schedule (recorded LRs as markers) and the
   validation-accuracy curves grouped by schedule type.
-- ``batch-size``: accuracy and training throughput vs. batch size (log2 x), one line per regime.
+- ``batch-size``: per (regime, optimizer, batch size) the configuration with the best mean final
+  validation accuracy (its LR: the best LR per batch size and optimizer), its test accuracy as mean ±
+  std over its seeds and its throughput, vs. batch size (log2 x); one line per regime and optimizer,
+  each point labelled with the chosen LR, its seeds and the cell's diverged/failed/pruned replicates.
 - ``gamma``: histograms of the trained BN γ per regime, with the share |γ| < 0.01.
 - ``feature-maps`` (alias ``filters``): the stem conv's filters as RGB images and its ReLU(BN(conv))
   feature maps on a few validation images, for selected replicates (default: the best ``all`` and the
@@ -31,7 +34,7 @@ os.environ.setdefault("MPLCONFIGDIR", str(Path(os.environ.get("BNSWEEP_CACHE", P
 import numpy as np
 import pandas as pd
 from bnsweep.analysis.provenance import figure_metadata, provenance, write_sidecar
-from bnsweep.analysis.tables import HEADERS, RunDirs, _as_list, load_runs, summarize
+from bnsweep.analysis.tables import HEADERS, RunDirs, _as_list, best_configurations, load_runs, summarize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -41,6 +44,7 @@ from bnsweep.spec.config import REGIMES
 
 KINDS = ("params-vs-accuracy", "lr-curves", "batch-size", "gamma", "feature-maps", "filters")
 GAMMA_THRESHOLD = 0.01
+SELECT_ON = "val_accuracy_final"  # batch-size: the configuration is chosen on validation, reported on test
 
 
 def _label(metric: str) -> str:
@@ -58,11 +62,14 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
     return {n: cycle[i % len(cycle)] for i, n in enumerate(names)}
 
 
-def _net_name(depth: Any, width: Any) -> str:
+def _net_name(depth: Any, width: Any, arch: Any = "resnet") -> str:
+    """ResNet-20, WRN-14-2, or Bottleneck-20 (the notebooks' network)."""
     try:
         d, w = int(depth), int(width)
     except (TypeError, ValueError):
         return "?"
+    if arch == "idiomatic_bottleneck":
+        return f"Bottleneck-{d}" if w == 1 else f"Bottleneck-{d}-{w}"
     return f"ResNet-{d}" if w == 1 else f"WRN-{d}-{w}"
 
 
@@ -85,26 +92,34 @@ def _need(df: pd.DataFrame, what: str) -> None:
 def _params_vs_accuracy(dirs: list[Path], *, metric: str, **_: Any) -> tuple[Figure, str]:
     df = _completed(load_runs(dirs), metric)
     _need(df, f"no completed replicate has {metric}")
-    s = summarize(df, group_by=("regime", "model.depth", "model.width"), metric=metric)
+    s = summarize(df, group_by=("regime", "model.depth", "model.width"), metric=metric)  # + model.arch if mixed
     fig = Figure(figsize=(7, 4.8), layout="constrained")
     ax = fig.add_subplot()
     regimes = _regimes(s["regime"].tolist())
     colors = _colors(regimes)
+    archs = list(dict.fromkeys(s["model.arch"])) if "model.arch" in s else ["resnet"]
     for regime in regimes:
-        sub = s[s["regime"] == regime].copy()
-        sub["x"] = pd.to_numeric(sub["params_trainable"], errors="coerce").astype("float64")
-        sub = sub.sort_values("x")
-        y = 100 * sub[f"{metric}_mean"].to_numpy(float)
-        err = np.nan_to_num(100 * sub[f"{metric}_std"].to_numpy(float))
-        n = int(sub["n"].sum())
-        if (sub["x"] <= 0).all():  # nothing trains: no place on a log axis, a reference line instead
-            ax.axhline(float(np.mean(y)), ls="--", color=colors[regime], label=f"{regime} (0 trainable, n={n})")
-            continue
-        sub, y, err = sub[sub["x"] > 0], y[sub["x"].to_numpy() > 0], err[sub["x"].to_numpy() > 0]
-        ax.errorbar(sub["x"], y, yerr=err, marker="o", capsize=3, color=colors[regime], label=f"{regime} (n={n})")
-        for x, yy, d, w in zip(sub["x"], y, sub["model.depth"], sub["model.width"], strict=True):
-            ax.annotate(_net_name(d, w), (x, yy), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=colors[regime])
+        for arch in archs:  # one line per network family: the two are never joined
+            sub = s[(s["regime"] == regime) & ((s["model.arch"] == arch) if "model.arch" in s else True)].copy()
+            if sub.empty:
+                continue
+            name = regime if len(archs) == 1 else f"{regime} · {'bottleneck' if arch != 'resnet' else 'ResNet'}"
+            ls = "--" if arch == "idiomatic_bottleneck" else "-"
+            sub["x"] = pd.to_numeric(sub["params_trainable"], errors="coerce").astype("float64")
+            sub = sub.sort_values("x")
+            y = 100 * sub[f"{metric}_mean"].to_numpy(float)
+            err = np.nan_to_num(100 * sub[f"{metric}_std"].to_numpy(float))
+            n = int(sub["n"].sum())
+            if (sub["x"] <= 0).all():  # nothing trains: no place on a log axis, a reference line instead
+                ax.axhline(float(np.mean(y)), ls=":", color=colors[regime], label=f"{name} (0 trainable, n={n})")
+                continue
+            keep = sub["x"].to_numpy() > 0
+            sub, y, err = sub[keep], y[keep], err[keep]
+            ax.errorbar(sub["x"], y, yerr=err, marker="o", ls=ls, capsize=3, color=colors[regime],
+                        label=f"{name} (n={n})")
+            for x, yy, d, w in zip(sub["x"], y, sub["model.depth"], sub["model.width"], strict=True):
+                ax.annotate(_net_name(d, w, arch), (x, yy), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=colors[regime])
     ax.set_xscale("log")
     ax.set_xlabel("Trainable parameters (count, log scale)")
     ax.set_ylabel(f"{_label(metric)}")
@@ -205,34 +220,50 @@ def _lr_curves(dirs: list[Path], **_: Any) -> tuple[Figure, str]:
 
 
 def _batch_size(dirs: list[Path], *, metric: str, **_: Any) -> tuple[Figure, str]:
-    df = _completed(load_runs(dirs), metric)
-    _need(df, f"no completed replicate has {metric}")
-    s = summarize(df, group_by=("regime", "batch_size"), metric=[metric, "images_per_sec"])
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    df = load_runs(dirs)
+    _need(_completed(df, metric), f"no completed replicate has {metric}")
+    cells = best_configurations(df, cell=("regime", "optimizer.name", "batch_size"), select_on=SELECT_ON,
+                                report=metric)
+    cells = cells[cells["n"].notna()]
+    _need(cells, "no configuration whose replicates all completed")
+    fig = Figure(figsize=(11, 4.8), layout="constrained")
     ax_acc, ax_ips = fig.subplots(1, 2)
-    regimes = _regimes(s["regime"].tolist())
+    regimes = _regimes(cells["regime"].tolist())
     colors = _colors(regimes)
+    optimizers = sorted(str(o) for o in cells["optimizer.name"].dropna().unique())
+    styles = {o: (["-", "--", ":", "-."][i % 4], ["o", "s", "^", "D"][i % 4]) for i, o in enumerate(optimizers)}
     for regime in regimes:
-        sub = s[s["regime"] == regime].sort_values("batch_size")
-        x = sub["batch_size"].to_numpy(float)
-        for ax, m, scale in ((ax_acc, metric, 100.0), (ax_ips, "images_per_sec", 1.0)):
-            y = scale * sub[f"{m}_mean"].to_numpy(float)
-            err = np.nan_to_num(scale * sub[f"{m}_std"].to_numpy(float))
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[regime],
-                        label=f"{regime} (n={int(sub['n'].sum())})")
-    sizes = sorted(set(s["batch_size"].dropna().astype(int)))
+        for opt in optimizers:
+            sub = cells[(cells["regime"] == regime) & (cells["optimizer.name"] == opt)].sort_values("batch_size")
+            if sub.empty:
+                continue
+            x = sub["batch_size"].to_numpy(float)
+            ls, marker = styles[opt]
+            label = f"{regime} · {opt} (best of {int(sub['configs_total'].max())} configs per batch size)"
+            for ax, m, scale in ((ax_acc, metric, 100.0), (ax_ips, "images_per_sec", 1.0)):
+                y = scale * sub[f"{m}_mean"].to_numpy(float)
+                err = np.nan_to_num(scale * sub[f"{m}_std"].to_numpy(float))
+                ax.errorbar(x, y, yerr=err, marker=marker, ls=ls, capsize=3, color=colors[regime], label=label)
+            for _, r in sub.iterrows():  # the chosen LR, its seeds, and what did not finish in the cell
+                lost = ", ".join(f"{int(r[f'n_{k}'])} {k}" for k in ("diverged", "failed", "pruned") if r[f"n_{k}"])
+                text = f"lr {r['lr']:.2g}, n={int(r['n'])}" + (f"\n{lost}" if lost else "")
+                ax_acc.annotate(text, (float(r["batch_size"]), 100 * float(r[f"{metric}_mean"])), fontsize=6,
+                                textcoords="offset points", xytext=(4, -10 if opt == optimizers[0] else 6),
+                                color=colors[regime])
+    sizes = sorted(set(cells["batch_size"].dropna().astype(int)))
     for ax in (ax_acc, ax_ips):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("Batch size (images, log2 scale)")
         ax.grid(True, alpha=0.3)
-        ax.legend(title="Regime", fontsize=8)
+        ax.legend(title="Regime · optimizer", fontsize=7)
     ax_acc.set_ylabel(_label(metric))
-    ax_acc.set_title(f"{_label(metric).split(' (')[0]} vs. batch size (mean ± std)")
+    ax_acc.set_title(f"{_label(metric).split(' (')[0]} of the best LR per batch size\n"
+                     f"(chosen on final validation accuracy; mean ± std over its seeds)", fontsize=10)
     ax_ips.set_ylabel("Training throughput (images/s)")
-    ax_ips.set_title("Throughput vs. batch size (mean ± std)")
-    title = "Batch size: accuracy and throughput"
+    ax_ips.set_title("Throughput of the same configurations (mean ± std)", fontsize=10)
+    title = "Batch size: best configuration per batch size and optimizer"
     fig.suptitle(title)
     return fig, title
 
@@ -354,7 +385,8 @@ def _feature_maps(dirs: list[Path], *, trials: Sequence[str] | None = None, n_im
             sub.colorbar(im, cax=cax, label="ReLU(BN(conv)) (a.u.)")
         acc = row["val_accuracy_best"]
         acc_text = f"{100 * acc:.1f}%" if isinstance(acc, float) and math.isfinite(acc) else "–"
-        sub.suptitle(f"{row['regime']} · {_net_name(row['model.depth'], row['model.width'])} · "
+        net_name = _net_name(row["model.depth"], row["model.width"], row.get("model.arch", "resnet"))
+        sub.suptitle(f"{row['regime']} · {net_name} · "
                      f"{row['trial_id']}/seed-{row['seed']} · best val. acc. {acc_text}", fontsize=9)
     foot.text(0.5, 0.5, "Stem-conv channel (filter index); first column: input image (32×32 px)",
               ha="center", va="center", fontsize=9)

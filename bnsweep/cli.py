@@ -1,4 +1,4 @@
-"""Command line: ``python -m bnsweep {plan,launch,status,resume,export,plot} ...``.
+"""Command line: ``python -m bnsweep {plan,launch,status,resume,export,compare,plot} ...``.
 
 Bad input (spec, data files, arguments, run directories) ends in one line per problem on stderr
 and exit status 2, never a traceback; Ctrl-C ends a launch cleanly with how to resume (status 130;
@@ -173,22 +173,45 @@ def _check_run_dirs(paths: list[str]) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bnsweep.analysis.tables import export
+    _check_run_dirs(args.run_dirs)
+    out_arg = Path(args.out) if args.out else None
+    try:
+        if args.scorecard or args.expect:
+            from bnsweep.analysis.scorecard import read_expectations, scorecard
+
+            if args.format == "parquet":
+                raise _Bad("--scorecard: --format must be markdown, latex or csv")
+            expectations = read_expectations(args.expect) if args.expect else None
+            out: Any = scorecard([Path(d) for d in args.run_dirs], fmt=args.format, out=out_arg,
+                                 expectations=expectations, caption=args.caption, label=args.label)
+        else:
+            from bnsweep.analysis.tables import export
+
+            group_by = tuple(g.strip() for g in args.group_by.split(",")) if args.group_by else None
+            kwargs: dict[str, Any] = {"fmt": args.format, "out": out_arg, "metric": args.metric,
+                                      "caption": args.caption, "label": args.label}
+            if group_by:
+                kwargs["group_by"] = group_by
+            out = export([Path(d) for d in args.run_dirs], **kwargs)
+    except (ValueError, KeyError) as e:  # bad --group-by/--metric/--format, not a results table, empty tables
+        raise _Bad(e.args[0] if e.args else type(e).__name__) from None
+    print(out if isinstance(out, str) else f"wrote {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bnsweep.analysis.compare import compare
 
     _check_run_dirs(args.run_dirs)
-    group_by = tuple(g.strip() for g in args.group_by.split(",")) if args.group_by else None
-    kwargs: dict[str, Any] = {"fmt": args.format, "out": Path(args.out) if args.out else None,
-                              "metric": args.metric, "caption": args.caption, "label": args.label}
-    if group_by:
-        kwargs["group_by"] = group_by
+    ignore = tuple(k.strip() for k in args.ignore.split(",") if k.strip()) if args.ignore else ()
     try:
-        out = export([Path(d) for d in args.run_dirs], **kwargs)
-    except (ValueError, KeyError) as e:  # bad --group-by/--metric/--format combinations, empty tables
+        out = compare([Path(d) for d in args.run_dirs], by=args.by, baseline=args.baseline, metric=args.metric,
+                      fmt=args.format, out=Path(args.out) if args.out else None, caption=args.caption,
+                      label=args.label, confidence=args.confidence, n_boot=args.bootstrap, ignore=ignore,
+                      across=args.across)
+    except (ValueError, KeyError) as e:
         raise _Bad(e.args[0] if e.args else type(e).__name__) from None
-    if isinstance(out, str) and not args.out:
-        print(out)
-    else:
-        print(f"wrote {out}")
+    print(out if isinstance(out, str) else f"wrote {out}")
     return 0
 
 
@@ -261,10 +284,32 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=["latex", "markdown", "csv", "parquet"], default="markdown")
     q.add_argument("--group-by", help="comma-separated columns (default: regime,model.depth,model.width)")
     q.add_argument("--metric", default="test_accuracy")
-    q.add_argument("--out", help="output file (default: print; parquet needs --out)")
-    q.add_argument("--caption")
-    q.add_argument("--label")
+    q.add_argument("--out", help="output file, or an existing directory for <sweep>-table.<ext> "
+                                 "(default: print; parquet needs --out)")
+    q.add_argument("--caption", help="LaTeX caption, plain text (escaped)")
+    q.add_argument("--label", help="LaTeX label (made a valid label)")
+    q.add_argument("--scorecard", action="store_true",
+                   help="the reproduction scorecard: each expectation of the run's spec met / missed / not run")
+    q.add_argument("--expect", metavar="FILE.yaml",
+                   help="expectations from this file's 'expect:' section (e.g. a spec) instead of the run's own")
     q.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("compare", help="paired, seed-matched differences between groups (e.g. regimes)")
+    q.add_argument("run_dirs", nargs="+")
+    q.add_argument("--by", default="regime", help="the trial-config key whose values are compared (default regime)")
+    q.add_argument("--baseline", help="compare every other value with this one (default: every two values)")
+    q.add_argument("--across", action="store_true",
+                   help="compare the run directories instead (OLD_RUN NEW_RUN: which cells moved beyond noise)")
+    q.add_argument("--metric", default="test_accuracy")
+    q.add_argument("--format", choices=["markdown", "latex", "csv"], default="markdown")
+    q.add_argument("--out", help="output file, or an existing directory for <sweep>-compare.<ext> (default: print)")
+    q.add_argument("--caption", help="LaTeX caption, plain text (escaped)")
+    q.add_argument("--label", help="LaTeX label (made a valid label)")
+    q.add_argument("--confidence", type=float, default=0.95, help="interval level and 1 − α (default 0.95)")
+    q.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    q.add_argument("--ignore", metavar="KEYS",
+                   help="comma-separated config keys that do not define a configuration when pairing")
+    q.set_defaults(func=cmd_compare)
 
     q = sub.add_parser("plot", help="figures: params-vs-accuracy, lr-curves, batch-size, gamma, feature-maps")
     q.add_argument("run_dirs", nargs="+")

@@ -15,15 +15,17 @@ import pytest
 from bnsweep.analysis.plots import KINDS, _gammas, plot
 from bnsweep.analysis.provenance import provenance, sidecar_path, write_sidecar
 from bnsweep.analysis.tables import (
+    best_configurations,
     export,
     latex_escape,
+    latex_label,
     load_runs,
     paired_difference,
     read_summary,
     summarize,
-    t_ppf,
-    t_sf,
+    t_interval,
 )
+from scipy import stats
 
 from bnsweep.base.text import format_count
 from bnsweep.store.records import load_weights
@@ -85,15 +87,17 @@ def test_summarize_other_groupings_and_errors(tiny_run_dir):
         summarize(tiny_run_dir.run_dir, group_by=("nope",))
 
 
-def test_t_distribution_against_tables():
-    # Student-t critical values (two-sided 95%, 99%) and a tail probability, from standard tables
-    assert t_ppf(0.975, 1) == pytest.approx(12.7062047, rel=1e-7)
-    assert t_ppf(0.975, 4) == pytest.approx(2.7764451, rel=1e-7)
-    assert t_ppf(0.975, 30) == pytest.approx(2.0422725, rel=1e-7)
-    assert t_ppf(0.995, 10) == pytest.approx(3.1692727, rel=1e-7)
-    assert t_ppf(0.025, 4) == pytest.approx(-2.7764451, rel=1e-7)
-    assert t_sf(2.0, 5) == pytest.approx(0.0509697, rel=1e-5)
-    assert t_sf(0.0, 3) == pytest.approx(0.5)
+def test_t_interval_against_tables_and_scipy():
+    """Student-t critical values from standard tables, through scipy.stats (no hand-written t)."""
+    d = np.array([0.02, 0.05, 0.01, 0.04, 0.03])
+    low, high, t, p = t_interval(d, 0.95)
+    half = 2.7764451 * d.std(ddof=1) / math.sqrt(5)  # t(0.975, 4)
+    assert (low, high) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-7)
+    ref = stats.ttest_rel(d, np.zeros(5))
+    assert t == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    assert t_interval([1.0, 3.0], 0.95)[:2] == pytest.approx((2 - 12.7062047, 2 + 12.7062047), rel=1e-7)
+    assert t_interval([0.5, 0.5, 0.5]) == (0.5, 0.5, math.inf, 0.0)  # no spread: a point, p 0
+    assert t_interval([0.0, 0.0])[3] == 1.0
 
 
 def test_paired_difference_ci(tiny_run_dir):
@@ -108,7 +112,7 @@ def test_paired_difference_ci(tiny_run_dir):
         seeds = sorted(set(a.index) & set(b.index))
         d = np.array([a[s] - b[s] for s in seeds])
         assert cell["n_pairs"] == len(d) == 2
-        half = t_ppf(0.95, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
+        half = stats.t.ppf(0.95, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
         assert cell["mean_diff"] == pytest.approx(d.mean())
         assert (cell["ci_low"], cell["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
         assert cell["mean_a"] - cell["mean_b"] == pytest.approx(cell["mean_diff"])
@@ -314,3 +318,193 @@ def test_write_sidecar(tmp_path, tiny_run_dir):
     assert side.name == "fig.png.provenance.json"
     data = json.loads(side.read_text())
     assert data["runs"][0]["name"] == "tiny" and data["created"] and "python" in data["versions"]
+
+
+# ------------------------------------------------------------------------------------------ batch-size figure
+
+
+def _bs_row(group: str, seed: int, status: str, val: float, test: float, *, lr: float, bs: int, opt: str,
+            ips: float = 400.0) -> dict:
+    done = status == "completed"
+    return {"sweep": "crafted", "trial_id": f"{group}", "seed": seed, "group_hash": group, "status": status,
+            "regime": "bn", "batch_size": bs, "optimizer.name": opt, "lr": lr, "model.depth": 20,
+            "model.width": 1, "val_accuracy_final": val if done else math.nan,
+            "val_accuracy_best": val if done else math.nan, "test_accuracy": test if done else math.nan,
+            "images_per_sec": ips if done else math.nan}
+
+
+def _batch_table() -> pd.DataFrame:
+    rows: list[dict] = []
+    add = rows.append
+    for s, (v, t) in enumerate([(0.50, 0.49), (0.52, 0.51), (0.54, 0.53)]):  # sgd 128, lr 0.1: the right choice
+        add(_bs_row("g1", s, "completed", v, t, lr=0.1, bs=128, opt="sgd", ips=500 + s))
+    for s, v in enumerate([0.60, 0.61]):  # best validation, but its third seed diverged: not a working config
+        add(_bs_row("g2", s, "completed", v, 0.6, lr=0.4, bs=128, opt="sgd"))
+    add(_bs_row("g2", 2, "diverged", 0, 0, lr=0.4, bs=128, opt="sgd"))
+    for s, (v, t) in enumerate([(0.45, 0.60), (0.46, 0.61), (0.47, 0.62)]):  # best *test*: chosen on test it would win
+        add(_bs_row("g3", s, "completed", v, t, lr=0.02, bs=128, opt="sgd"))
+    for s in range(3):
+        add(_bs_row("g4", s, "diverged", 0, 0, lr=1.0, bs=128, opt="sgd"))
+    for s, (v, t) in enumerate([(0.40, 0.41), (0.42, 0.43)]):  # adam 128
+        add(_bs_row("g5", s, "completed", v, t, lr=1e-3, bs=128, opt="adam"))
+    add(_bs_row("g6", 0, "completed", 0.9, 0.9, lr=3e-3, bs=128, opt="adam"))
+    add(_bs_row("g6", 1, "failed", 0, 0, lr=3e-3, bs=128, opt="adam"))
+    for s, (v, t) in enumerate([(0.55, 0.50), (0.57, 0.52)]):  # sgd 256
+        add(_bs_row("g7", s, "completed", v, t, lr=0.2, bs=256, opt="sgd", ips=800))
+    for s in range(2):  # adam 256: every replicate pruned, nothing to show
+        add(_bs_row("g8", s, "pruned", 0, 0, lr=1e-3, bs=256, opt="adam"))
+    return pd.DataFrame(rows)
+
+
+def test_best_configuration_per_cell_is_chosen_on_validation_and_reported_on_test():
+    cells = best_configurations(_batch_table()).set_index(["optimizer.name", "batch_size"])
+    sgd = cells.loc[("sgd", 128)]
+    assert sgd["group_hash"] == "g1" and sgd["lr"] == 0.1  # not g3 (best test), not g2 (a seed diverged)
+    assert sgd["test_accuracy_mean"] == pytest.approx(0.51) and sgd["test_accuracy_std"] == pytest.approx(0.02)
+    assert sgd["select_mean"] == pytest.approx(0.52) and sgd["n"] == 3
+    assert (sgd["configs"], sgd["configs_total"], sgd["n_diverged"], sgd["n_failed"]) == (2, 4, 4, 0)
+    assert sgd["images_per_sec_mean"] == pytest.approx(501)
+    adam = cells.loc[("adam", 128)]
+    assert adam["group_hash"] == "g5" and adam["n_failed"] == 1 and adam["test_accuracy_mean"] == pytest.approx(0.42)
+    assert cells.loc[("sgd", 256)]["test_accuracy_mean"] == pytest.approx(0.51)
+    assert math.isnan(cells.loc[("sgd", 256)]["test_accuracy_std"]) is False  # two seeds: a std
+    none = cells.loc[("adam", 256)]
+    assert pd.isna(none["n"]) and none["n_pruned"] == 2 and none["configs"] == 0
+    # optimizers are separate cells, never pooled; every sampled LR is not pooled either
+    assert len(cells) == 4
+
+
+def test_batch_size_figure_draws_the_chosen_configurations(tmp_path):
+    from bnsweep.analysis.plots import _batch_size
+
+    path = tmp_path / "results.csv"
+    _batch_table().to_csv(path, index=False)
+    fig, _ = _batch_size([path], metric="test_accuracy")
+    ax_acc = fig.axes[0]
+    lines = {c.get_label(): c.lines[0].get_data() for c in ax_acc.containers}
+    sgd = next(v for k, v in lines.items() if k.startswith("bn · sgd"))
+    adam = next(v for k, v in lines.items() if k.startswith("bn · adam"))
+    assert list(sgd[0]) == [128, 256] and list(sgd[1]) == pytest.approx([51.0, 51.0])
+    assert list(adam[0]) == [128] and list(adam[1]) == pytest.approx([42.0])  # adam 256: all pruned, no point
+    texts = [t.get_text() for t in ax_acc.texts]
+    assert any("lr 0.1, n=3" in t and "4 diverged" in t for t in texts)
+    assert any("lr 0.001, n=2" in t and "1 failed" in t for t in texts)
+    assert "validation" in ax_acc.get_title() and "best LR" in ax_acc.get_title()
+    paths = plot(path, kind="batch-size", out_dir=tmp_path / "plots", formats=("png",))
+    assert paths[0].stat().st_size > 20_000
+
+
+# ------------------------------------------------------------------------------------------ LaTeX that compiles
+
+NASTY = "Test accuracy (%) & 50_000 #1 $x$ ~^ \\ γ ± Δ"
+
+
+def compile_latex(tex: str, tmp_path: Path, name: str) -> None:
+    """Compile ``tex`` (a table) in a minimal article with booktabs; the test fails with pdflatex's log."""
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (.ci/run installs texlive-latex-base + -recommended)")
+    doc = tmp_path / f"{name}.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex
+                   + "\\ref{" + tex.split("\\label{")[1].split("}")[0] + "}\n\\end{document}\n")
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert (tmp_path / f"{name}.pdf").stat().st_size > 1000
+
+
+def test_every_latex_output_compiles_with_special_characters(tiny_run_dir, tmp_path):
+    from bnsweep.analysis.compare import compare
+    from bnsweep.analysis.scorecard import scorecard
+
+    expect = {"regime=all, model.width=1": {"test_accuracy": [0.0, 1.0], "source": "§3: 50% & more_#1"}}
+    outputs = {
+        "export": export(tiny_run_dir.run_dir, fmt="latex", caption=NASTY, label="tab:a & b%#_1"),
+        "export_default": export(tiny_run_dir.run_dir, fmt="latex", metric=["test_accuracy", "gamma_near_zero"]),
+        "compare": compare(tiny_run_dir.run_dir, fmt="latex", caption=NASTY, label="tab:c d", ignore=["lr_schedule"]),
+        "compare_default": compare(tiny_run_dir.run_dir, fmt="latex"),
+        "scorecard": scorecard(tiny_run_dir.run_dir, fmt="latex", expectations=expect, caption=NASTY, label="x y"),
+    }
+    for name, tex in outputs.items():
+        assert isinstance(tex, str) and "\\caption{" in tex
+        compile_latex(tex, tmp_path, name)
+    assert "\\label{tab:a-b-_1}" in outputs["export"] and "(\\%) \\&" in outputs["export"]
+    assert latex_label("tab:ok_1.2-x") == "tab:ok_1.2-x"
+
+
+# ------------------------------------------------------------------------------------------ export: bad input (CLI)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "bnsweep", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_export_of_a_file_that_is_not_a_results_table_is_one_line_exit_2(tiny_run_dir, tmp_path):
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_text("just,some\n1,2\n")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe" * 1000)  # not UTF-8 (pandas' message alone named no file)
+    cases = {tiny_run_dir.run_dir / "sweep.json": "received a .json file",
+             tiny_run_dir.run_dir / "history.parquet": "history table",
+             garbage: "without the columns trial_id, status, regime",
+             binary: "UnicodeDecodeError"}
+    for path, why in cases.items():
+        r = _cli("export", str(path), cwd=tmp_path)
+        assert r.returncode == 2, (path, r.stdout, r.stderr)
+        assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert str(path) in r.stderr and "not a results table" in r.stderr and why in r.stderr, r.stderr
+    ok = _cli("export", str(tiny_run_dir.run_dir / "results.csv"), cwd=tmp_path)
+    assert ok.returncode == 0 and "| bn |" in ok.stdout
+
+
+def test_export_out_directory_writes_a_named_file_and_leaves_no_temporaries(tiny_run_dir, tmp_path):
+    out = tmp_path / "tables"
+    out.mkdir()
+    before = _tree_hashes(tiny_run_dir.run_dir)
+    r = _cli("export", str(tiny_run_dir.run_dir), "--format", "latex", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"wrote {out / 'tiny-table.tex'}"
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-table.tex", "tiny-table.tex.provenance.json"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    r = _cli("export", str(tiny_run_dir.run_dir), "--format", "csv", "--out", str(tiny_run_dir.run_dir / "results.csv"),
+             cwd=tmp_path)
+    assert r.returncode == 2 and "is a file of the run directory" in r.stderr
+    assert _tree_hashes(tiny_run_dir.run_dir) == before and not list(tiny_run_dir.run_dir.rglob("*.tmp"))
+
+
+def test_export_of_a_non_numeric_metric_is_refused_listing_the_numeric_ones(tiny_run_dir, tmp_path):
+    for metric, why in (("regime", "not a number"), ("nope", "no such column")):
+        r = _cli("export", str(tiny_run_dir.run_dir), "--metric", metric, cwd=tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f"--metric {metric}: {why}" in r.stderr and "numeric metrics: test_accuracy, test_loss" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ both networks
+
+
+def test_the_two_networks_are_never_pooled(tmp_path):
+    """A bottleneck ResNet-20 and the paper's ResNet-20 share depth and width: tables and the
+    params-vs-accuracy figure keep them apart (model.arch joins the keys when both are present)."""
+    rows = []
+    for arch, acc, params in (("resnet", 0.5, 1_568), ("idiomatic_bottleneck", 0.2, 4_000)):
+        for seed in (0, 1):
+            rows.append({"sweep": "mixed", "trial_id": f"t_{arch}", "seed": seed, "status": "completed",
+                         "regime": "bn", "model.depth": 20, "model.width": 1, "model.arch": arch,
+                         "test_accuracy": acc + 0.01 * seed, "params_trainable": params, "params_total": 99})
+    path = tmp_path / "results.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    s = summarize(load_runs(path))
+    assert list(s.columns[:4]) == ["model.arch", "regime", "model.depth", "model.width"] and len(s) == 2
+    assert sorted(s["test_accuracy_mean"].round(3)) == [0.205, 0.505]
+    md = export(path, fmt="markdown")
+    assert "| Network | Regime |" in md and "| idiomatic_bottleneck | bn | 20 |" in md
+    single = summarize(load_runs(path).query("`model.arch` == 'resnet'"))
+    assert "model.arch" not in single.columns  # one network: the default keys
+    from bnsweep.analysis.plots import _params_vs_accuracy
+
+    fig, _ = _params_vs_accuracy([path], metric="test_accuracy")
+    labels = sorted(c.get_label() for c in fig.axes[0].containers)
+    assert labels == ["bn · ResNet (n=2)", "bn · bottleneck (n=2)"]
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["Bottleneck-20", "ResNet-20"]

@@ -197,10 +197,10 @@ def test_depth_and_width_are_the_papers_fig2_grid(capsys):
     assert all(f"ResNet-{d}" in text for d in (218, 434, 866))  # the deeper ones, with their cost, in comments
 
 
-def test_regimes_spec_covers_all_eight_regimes():
+def test_regimes_spec_covers_all_nine_regimes():
     spec = _spec("regimes")
     assert spec.replicates == 5
-    assert {c["regime"] for c in _configs(spec)} == set(REGIMES) and len(REGIMES) == 8
+    assert {c["regime"] for c in _configs(spec)} == set(REGIMES) and len(REGIMES) == 9
     assert {c["model"]["depth"] for c in _configs(spec)} == {20}
 
 

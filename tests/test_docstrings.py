@@ -11,7 +11,8 @@ import pytest
 import bnsweep
 
 MODULES = sorted({m.name for m in pkgutil.walk_packages(bnsweep.__path__, "bnsweep.") if m.name != "bnsweep.__main__"}
-                 | {"bnsweep.analysis.tables", "bnsweep.analysis.plots", "bnsweep.analysis.provenance"})
+                 | {"bnsweep.analysis.tables", "bnsweep.analysis.plots", "bnsweep.analysis.provenance",
+                    "bnsweep.analysis.compare", "bnsweep.analysis.scorecard"})
 # Modules whose examples need a trained model, a GPU, Ray or a terminal: documented, not run here.
 NO_EXAMPLE = {
     "bnsweep", "bnsweep.base", "bnsweep.spec", "bnsweep.engine", "bnsweep.store", "bnsweep.sweep", "bnsweep.report",

@@ -303,6 +303,30 @@ def load_data(cfg: DataConfig) -> Splits:
     )
 
 
+def data_fingerprint(splits: Splits) -> str:
+    """A content hash of the data a trial trains, validates and tests on: sha256 over each split's
+    images and labels (name, dtype, shape, then the bytes), as ``sha256:`` + 64 hex digits.
+    Identical data gives the same fingerprint whatever its source; one changed pixel, label or split
+    membership gives another. Reads every byte once (~0.3 s for CIFAR-10's 60,000 images).
+
+    >>> from bnsweep.spec.config import DataConfig
+    >>> d = load_data(DataConfig(source="synthetic", synthetic_size=64, val_size=16, test_size=16))
+    >>> data_fingerprint(d) == data_fingerprint(load_data(DataConfig(source="synthetic", synthetic_size=64,
+    ...                                                                val_size=16, test_size=16)))
+    True
+    """
+    h = hashlib.sha256(b"bnsweep-data-v1")
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        a = getattr(splits, name)
+        if a is None:
+            h.update(f"|{name}:none".encode())
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"|{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.view(np.uint8).reshape(-1).data)  # the bytes, no copy
+    return "sha256:" + h.hexdigest()
+
+
 def _channel_stats(x: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of uint8 images on [0, 1] pixels, from exact integer sums in chunks
     (no float64 copy of the whole training set: that would be 1.2 GB for CIFAR-10)."""

@@ -24,8 +24,8 @@ with s). So replica i follows ``TrialRun(config with seed=s_i)`` step for step; 
 floating-point summation order (a grouped convolution is not bit-identical to N convolutions), which
 ``tests/test_fused.py`` bounds after several steps.
 
-Not covered (yet): checkpoint/resume (``TrialRun``'s), ``random_k`` in the grouped layout (its
-element masks are per replica), and distribution strategies. A replica whose loss becomes non-finite
+Not covered (yet): checkpoint/resume (``TrialRun``'s), ``random_k``/``random_k_channel`` in the grouped
+layout (their element masks are per replica), and distribution strategies. A replica whose loss becomes non-finite
 is reported as diverged; it cannot poison the others (separate parameters, the gradient of a sum).
 
 >>> run = FusedTrialRun({"model": {"depth": 8}, "regime": "bn", "epochs": 1, "batch_size": 8,
@@ -84,8 +84,8 @@ class FusedTrialRun:
         self.layout = ("grouped" if _has_accelerator() else "separate") if layout == "auto" else layout
         if self.layout not in ("grouped", "separate"):
             raise ValueError(f"layout: expected auto, grouped or separate, received {layout!r}")
-        if self.layout == "grouped" and cfg.regime == "random_k":
-            raise ValueError("regime random_k: its element masks are per replica; use layout='separate'")
+        if self.layout == "grouped" and cfg.regime in ("random_k", "random_k_channel"):
+            raise ValueError(f"regime {cfg.regime}: its element masks are per replica; use layout='separate'")
         self.started = time.perf_counter()
         self.data = data if data is not None else load_data(cfg.data)
         keras.utils.set_random_seed(seeds[0])
@@ -149,11 +149,10 @@ class FusedTrialRun:
     # ------------------------------------------------------------------ training
     def train_epoch(self) -> list[EpochMetrics]:
         """One epoch of every replica (each with its own data order); validation per replica."""
-        import keras
 
         d, bs = self.data, self.config.batch_size
         t0 = time.perf_counter()
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        lr = self.epoch_lr()
         take = self.steps_per_epoch * bs
         orders = [np.random.default_rng([s, self.epoch]).permutation(len(d.y_train))[:take] for s in self.seeds]
         sums = np.zeros((self.n, 2))
@@ -178,6 +177,13 @@ class FusedTrialRun:
             self.history[i].append(m)
             out.append(m)
         return out
+
+    def epoch_lr(self) -> float:
+        """The schedule's LR at the start of the next epoch (see ``TrialRun.epoch_lr``)."""
+        from bnsweep.spec.schedules import lr_at
+
+        cfg = self.config
+        return float(lr_at(float(self.epoch), cfg.lr_schedule, lr=cfg.effective_lr, epochs=cfg.epochs))
 
     def evaluate(self, x: np.ndarray | None, y: np.ndarray | None) -> list[tuple[float, float]]:
         """(loss, accuracy) of every replica on the same images (no augmentation)."""
@@ -216,7 +222,7 @@ def _replica_fn(i: int, what: str, n_classes: int) -> Any:
 
 
 def build_grouped_resnet(cfg: Any, n: int, *, name: str = "grouped_resnet") -> Any:
-    """N CIFAR ResNets of ``cfg`` stacked along channels: input (B, 32, 32, 3N) normalized images,
+    """N networks of ``cfg`` (either architecture) stacked along channels: input (B, 32, 32, 3N) normalized images,
     output (B, N, classes). Same layer names as ``models.build_resnet`` (so ``regimes.apply_regime``
     freezes it by role), every convolution ``groups=n``, BN over N·C channels, output a grouped dense.
     Weights come from ``copy_into_grouped``.
@@ -224,20 +230,21 @@ def build_grouped_resnet(cfg: Any, n: int, *, name: str = "grouped_resnet") -> A
     import keras
     from keras import layers
 
-    from bnsweep.engine.models import BN_EPSILON, BN_MOMENTUM, layer_specs, resnet_trunk
+    from bnsweep.engine.models import bn_settings, layer_specs, network_trunk
 
     specs = {s.name: s for s in layer_specs(cfg)}
+    momentum, epsilon = bn_settings(cfg)
 
     def conv(x: Any, spec_name: str) -> Any:
         s = specs[spec_name]
-        return layers.Conv2D(n * s.out_channels, s.kernel, strides=s.stride, padding="same", use_bias=False,
+        return layers.Conv2D(n * s.out_channels, s.kernel, strides=s.stride, padding="same", use_bias=s.bias,
                              groups=n, name=spec_name)(x)
 
     def bn(x: Any, spec_name: str) -> Any:
-        return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=spec_name)(x)
+        return layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=spec_name)(x)
 
     inputs = keras.Input((32, 32, 3 * n), name="stacked_images")
-    x = resnet_trunk(inputs, cfg, conv=conv, bn=bn)
+    x = network_trunk(inputs, cfg, conv=conv, bn=bn)
     out = specs["output"]
     outputs = GroupedDense(n, out.in_channels, out.out_channels, name="output")(x)
     return keras.Model(inputs, outputs, name=name)
@@ -289,6 +296,7 @@ def _pairs(nets: list[Any], grouped: Any) -> list[tuple[str, Any, list[Any]]]:
             continue
         parts = [net.get_layer(layer.name) for net in nets]
         for j, v in enumerate(layer.weights):
+            # conv kernels, conv biases and BN vectors all stack along their last (channel) axis
             kind = "dense" if layer.name == "output" else ("conv" if v.path.endswith("kernel") else "bn")
             out.append((kind, v, [p.weights[j] for p in parts]))
     return out

@@ -1,16 +1,31 @@
-"""Freezing regimes (which parameters learn) and parameter/FLOP accounting.
+"""Freezing regimes (which parameters learn) and parameter/FLOP accounting, for either architecture.
 
 Freezing acts on *variables* (``variable.trainable = False``), never on layers: a BatchNormalization
 layer stays trainable, so in training it always normalizes with batch statistics, whatever the
 regime (Keras switches a BN layer to inference mode when the *layer* is frozen; the paper's frozen
-γ/β still normalize with batch statistics). ``random_k`` trains k randomly chosen scalars outside BN,
-k = the number of BN γ/β parameters, enforced element-wise by a constraint that restores the frozen
-elements after every optimizer step.
+γ/β still normalize with batch statistics).
+
+Regimes: ``all``; ``bn`` (only γ/β; output frozen); ``bn_output``; ``bn_shortcut_output`` (the paper's
+BN/S/O); ``shortcut_output`` (S/O: the projection shortcuts — their conv and, in the paper's ResNet,
+their BN's γ/β — and the output layer); ``output`` (a linear probe); ``none``; and the two random-
+parameter controls, each training k = (number of BN γ/β) randomly chosen conv scalars with BN and the
+output layer otherwise frozen:
+
+* ``random_k`` — k scalars drawn uniformly without replacement from every conv/dense kernel and bias
+  of the network (most land in the wide last stage, where most weights are);
+* ``random_k_channel`` — two random kernel scalars in each output channel of the conv whose channels
+  each BN layer normalizes (``LayerSpec.channels_of``): exactly BN's two per channel, spread over the
+  layers as BN's γ/β are (the paper's per-channel control).
+
+Both are enforced element-wise by a constraint that restores the frozen elements after every
+optimizer step (so momentum and weight decay act only on the chosen scalars).
 
 >>> from bnsweep.spec.config import ModelConfig
 >>> a = account(ModelConfig(depth=20), "bn")
 >>> a.trainable, a.bn, a.output, a.total
 (1568, 1568, 650, 274042)
+>>> account(ModelConfig(depth=20), "random_k_channel").trainable
+1568
 """
 
 from __future__ import annotations
@@ -23,16 +38,18 @@ import numpy as np
 from bnsweep.engine.models import LayerSpec, layer_specs
 from bnsweep.spec.config import REGIMES, ModelConfig
 
+RANDOM_CONTROLS = ("random_k", "random_k_channel")  # element-wise regimes: a mask per variable
+
 # What trains in each regime, as predicates over (layer spec, variable part).
 # part: "kernel" / "bias" (conv, dense) or "gamma" / "beta" (BN).
 
 
 def _trains(regime: str, spec: LayerSpec) -> bool:
-    """Whether a layer's parameters train under ``regime`` (random_k is element-wise, see below)."""
+    """Whether a layer's parameters train under ``regime`` (the random controls are element-wise)."""
     is_bn = spec.kind == "bn"
     if regime == "all":
         return True
-    if regime == "none" or regime == "random_k":
+    if regime == "none" or regime in RANDOM_CONTROLS:
         return False
     if regime == "bn":
         return is_bn
@@ -55,7 +72,7 @@ class Accounting:
     trainable: int  # scalars the optimizer updates
     bn: int  # BN γ + β
     bn_moving: int  # BN moving mean + variance (never trained)
-    shortcut: int  # 1×1 shortcut convs + their BN γ/β
+    shortcut: int  # 1×1 projection-shortcut convs (+ bias) and their BN γ/β where they have one
     output: int  # dense kernel + bias
     forward_flops: int  # per image: 2 × multiply-adds of convs and dense (BN/ReLU/pool ignored, <1%)
     train_flops: int  # per image: forward + input gradients + weight gradients of training layers
@@ -77,10 +94,16 @@ def account(cfg: ModelConfig, regime: str) -> Accounting:
     bn = sum(s.params for s in specs if s.kind == "bn")
     params = sum(s.params for s in specs)
     if regime == "random_k":
-        trainable = bn  # same budget as `bn`, spread over conv/dense scalars
+        trainable = min(bn, params - bn)  # same budget as `bn`, spread over conv/dense scalars
         # nearly every kernel holds a chosen element: count every conv/dense weight gradient
         grads = [s.kind != "bn" for s in specs]
+    elif regime == "random_k_channel":
+        trainable = bn  # two per BN channel, in the conv that BN normalizes
+        hosts = channel_hosts(specs)
+        grads = [s.name in hosts for s in specs]
     else:
+        if regime not in REGIMES:
+            raise ValueError(f"regime: expected one of {', '.join(REGIMES)}, received {regime!r}")
         grads = [_trains(regime, s) for s in specs]
         trainable = sum(s.params for s, g in zip(specs, grads, strict=True) if g)
     forward = sum(2 * s.macs for s in specs)
@@ -109,10 +132,33 @@ def _part(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+def channel_hosts(specs: list[LayerSpec]) -> dict[str, int]:
+    """For ``random_k_channel``: conv name -> scalars to train per output channel, two for each BN
+    layer whose channels are that conv's (``LayerSpec.channels_of``).
+
+    >>> from bnsweep.spec.config import ModelConfig
+    >>> hosts = channel_hosts(layer_specs(ModelConfig(depth=20, arch="idiomatic_bottleneck")))
+    >>> len(hosts), hosts["stage3_block2_conv3"]  # 19 convs feed a BN; the head BN shares conv3's channels
+    (19, 4)
+    """
+    by_name = {s.name: s for s in specs}
+    hosts: dict[str, int] = {}
+    for s in specs:
+        if s.kind != "bn":
+            continue
+        conv = by_name.get(s.channels_of or "")
+        if conv is None or conv.kind != "conv" or conv.out_channels != s.out_channels:
+            raise ValueError(f"BN layer {s.name}: channels_of must name a conv with {s.out_channels} output "
+                             f"channels, received {s.channels_of!r}")
+        hosts[conv.name] = hosts.get(conv.name, 0) + 2
+    return hosts
+
+
 class KeepFrozenElements:
     """Keras constraint: after each update, elements outside ``mask`` return to their initial values.
 
-    Backend-agnostic (``keras.ops.where``); the frozen elements stay bit-identical.
+    Backend-agnostic (``keras.ops.where`` on the variable's value: JAX refuses a Keras variable
+    there); the frozen elements stay bit-identical.
     """
 
     def __init__(self, mask: np.ndarray, initial: np.ndarray) -> None:
@@ -122,22 +168,25 @@ class KeepFrozenElements:
     def __call__(self, w: Any) -> Any:
         from keras import ops
 
-        return ops.where(ops.convert_to_tensor(self.mask), w, ops.convert_to_tensor(self.initial))
+        value = ops.convert_to_tensor(w)  # the (traced, in a JAX step) value, not the KerasVariable
+        return ops.where(ops.convert_to_tensor(self.mask), value, ops.convert_to_tensor(self.initial, value.dtype))
 
 
 @dataclass(frozen=True)
 class AppliedRegime:
     regime: str
-    trainable_scalars: int  # counted from the model after freezing (element-wise for random_k)
+    trainable_scalars: int  # counted from the model after freezing (element-wise for the random controls)
     trainable_variables: tuple[str, ...]
-    random_k_masks: dict[str, np.ndarray] | None = None
+    masks: dict[str, np.ndarray] | None = None  # random controls: variable path -> chosen elements
 
 
 def apply_regime(model: Any, cfg: ModelConfig, regime: str, *, seed: int) -> AppliedRegime:
     """Freeze ``model``'s variables for ``regime`` in place; BN layers stay in training mode.
 
-    For ``random_k`` the k chosen scalars (k = BN γ/β count) are drawn uniformly without
-    replacement from every conv/dense kernel and bias, seeded by ``seed``.
+    For the random controls the k chosen scalars (k = BN γ/β count) depend on ``seed`` and the
+    architecture only (not on the weights): ``random_k`` draws them uniformly without replacement
+    from every conv/dense kernel and bias; ``random_k_channel`` draws two (per BN layer normalizing
+    the channel) distinct kernel scalars in each output channel of the convs ``channel_hosts`` names.
 
     Layers are made trainable *before* any variable is frozen: Keras' ``Layer.trainable`` setter
     overwrites the flag of every variable of the layer (and a BN layer with ``trainable=False``
@@ -145,13 +194,16 @@ def apply_regime(model: Any, cfg: ModelConfig, regime: str, *, seed: int) -> App
     """
     if regime not in REGIMES:
         raise ValueError(f"regime: expected one of {', '.join(REGIMES)}, received {regime!r}")
-    specs = {s.name: s for s in layer_specs(cfg)}
+    spec_list = layer_specs(cfg)
+    specs = {s.name: s for s in spec_list}
     model.trainable = True
     for layer in model.layers:
         layer.trainable = True  # a BN layer must never fall into inference mode in training
     masks: dict[str, np.ndarray] | None = None
     if regime == "random_k":
         masks = _random_k_masks(model, specs, k=account(cfg, "bn").bn, seed=seed)
+    elif regime == "random_k_channel":
+        masks = _random_k_channel_masks(model, channel_hosts(spec_list), seed=seed)
     for layer in model.layers:
         spec = specs.get(layer.name)
         for v in layer.weights:
@@ -162,7 +214,7 @@ def apply_regime(model: Any, cfg: ModelConfig, regime: str, *, seed: int) -> App
             if spec is None:
                 raise ValueError(f"variable {v.path} belongs to no known layer of the network")
             if isinstance(v.constraint, KeepFrozenElements):
-                v.constraint = None  # left by an earlier random_k on this model
+                v.constraint = None  # left by an earlier random control on this model
             if masks is not None:
                 mask = masks.get(v.path)
                 train = False
@@ -193,4 +245,24 @@ def _random_k_masks(model: Any, specs: dict[str, LayerSpec], *, k: int, seed: in
     for v, n in zip(candidates, sizes, strict=True):
         masks[v.path] = flat[start:start + n].reshape(tuple(v.shape))
         start += n
+    return masks
+
+
+def _random_k_channel_masks(model: Any, hosts: dict[str, int], *, seed: int) -> dict[str, np.ndarray]:
+    """Kernel masks with exactly ``hosts[conv]`` chosen elements in every output channel (last axis)."""
+    rng = np.random.default_rng([seed, 0xC4A7])
+    masks: dict[str, np.ndarray] = {}
+    for layer in model.layers:  # forward order: the draw is fixed by the seed and the architecture
+        per_channel = hosts.get(layer.name)
+        if per_channel is None:
+            continue
+        kernel = layer.kernel
+        shape = tuple(kernel.shape)
+        fan, channels = int(np.prod(shape[:-1])), shape[-1]
+        if per_channel > fan:
+            raise ValueError(f"{layer.name}: {per_channel} scalars per channel asked, a channel has {fan}")
+        picks = np.argsort(rng.random((fan, channels)), axis=0)[:per_channel]  # distinct rows per column
+        mask = np.zeros((fan, channels), dtype=bool)
+        mask[picks, np.arange(channels)[None, :]] = True
+        masks[kernel.path] = mask.reshape(shape)
     return masks

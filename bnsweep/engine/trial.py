@@ -38,7 +38,7 @@ class EpochMetrics:
     train_accuracy: float
     val_loss: float
     val_accuracy: float
-    lr: float  # the optimizer's learning rate at the start of this epoch
+    lr: float  # the schedule's learning rate at the start of this epoch (what the optimizer steps with)
     images_per_sec: float  # training images per second of this epoch (fit only, no validation)
     seconds: float  # wall time of the epoch, validation included
 
@@ -140,7 +140,7 @@ class TrialRun:
 
         cfg, d = self.config, self.data
         t0 = time.perf_counter()
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        lr = self.epoch_lr()
         # Our own seeded shuffle (per seed and epoch) so a resumed trial sees the same batches.
         order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(d.y_train))
         take = self.steps_per_epoch * cfg.batch_size
@@ -166,6 +166,14 @@ class TrialRun:
         if self.checkpoint_dir:
             self._save()
         return m
+
+    def epoch_lr(self) -> float:
+        """The schedule's LR at the start of the next epoch, from the schedule and the epoch — not read
+        from the optimizer, whose step counter never moves when nothing trains (regime ``none``)."""
+        from bnsweep.spec.schedules import lr_at
+
+        cfg = self.config
+        return float(lr_at(float(self.epoch), cfg.lr_schedule, lr=cfg.effective_lr, epochs=cfg.epochs))
 
     def _train_batches(self, order: np.ndarray) -> tuple[float, float]:
         """One epoch as one ``train_on_batch`` per batch (TensorFlow without a distribution strategy).

@@ -142,7 +142,7 @@ def _representative_schedules(spec: Any) -> list[tuple[str, dict[str, Any]]]:
 
 def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanReport:
     from bnsweep.engine.regimes import account
-    from bnsweep.spec.config import ModelConfig, TrialConfig
+    from bnsweep.spec.config import TrialConfig
     from bnsweep.spec.schedules import planned_lr
     from bnsweep.sweep.space import count_configurations
 
@@ -160,8 +160,9 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanRep
     combos = [(d, w, r) for d, w in _model_combos(spec, base) for r in _values(spec, "regime", base.regime)]
     flops_per_training = []
     for depth, width, regime in combos:
-        a = account(ModelConfig(depth=int(depth), width=int(width)), str(regime))
-        report.models.append({"depth": depth, "width": width, "regime": regime, **a.as_dict()})
+        model = dataclasses.replace(base.model, depth=int(depth), width=int(width))  # arch, γ init: the spec's
+        a = account(model, str(regime))
+        report.models.append({"arch": model.arch, "depth": depth, "width": width, "regime": regime, **a.as_dict()})
         flops_per_training.append(epochs * (a.train_flops * n_train + a.forward_flops * n_val))
     mean_flops = sum(flops_per_training) / len(flops_per_training)
     report.total_train_flops = mean_flops * report.trainings
@@ -209,7 +210,8 @@ def format_plan(r: PlanReport) -> str:
              f"data: {r.train_images:,} training + {r.val_images:,} validation images per epoch", "",
              "networks (parameters: total incl. BN statistics / trainable / BN γβ; GFLOP per image):"]
     for m in r.models:
-        lines.append(f"  ResNet-{m['depth']} W={m['width']} {m['regime']:<18} "
+        net = "Bottleneck" if m.get("arch") == "idiomatic_bottleneck" else "ResNet"
+        lines.append(f"  {net}-{m['depth']} W={m['width']} {m['regime']:<18} "
                      f"total {format_count(m['total']):>6}  "
                      f"trainable {format_count(m['trainable']):>6}  BN {format_count(m['bn']):>6}  "
                      f"fwd {m['forward_flops'] / 1e9:.3f}  train step {m['train_flops'] / 1e9:.3f}")

@@ -24,10 +24,14 @@ from bnsweep.spec.errors import ConfigError
 from bnsweep.spec.schedules import SCHEDULE_TYPES, resolve_schedule
 
 Regime = Literal[
-    "all", "bn", "bn_output", "bn_shortcut_output", "shortcut_output", "output", "none", "random_k"
+    "all", "bn", "bn_output", "bn_shortcut_output", "shortcut_output", "output", "none", "random_k",
+    "random_k_channel",
 ]
 REGIMES: tuple[str, ...] = get_args(Regime)
 GammaInit = Literal["uniform", "ones"]
+# resnet: the paper's He et al. CIFAR ResNet (depth 6·D+2); idiomatic_bottleneck: the seed notebooks'
+# "ResNet20", keras-idiomatic-programmer's bottleneck ResNet v1 (depth 9·n+2), engine/bottleneck.py.
+Arch = Literal["resnet", "idiomatic_bottleneck"]
 Source = Literal["cifar10", "npz", "dir", "synthetic"]
 Augment = Literal["paper", "notebook", "none"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
@@ -65,25 +69,33 @@ MAX_EPOCHS = 100_000
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """CIFAR ResNet of depth 6·D+2 and width multiplier W (He et al. 2016; the paper's family)."""
+    """CIFAR ResNet of depth 6·D+2 and width multiplier W (He et al. 2016; the paper's family), or with
+    ``arch: idiomatic_bottleneck`` the notebooks' bottleneck ResNet of depth 9·n+2."""
 
-    depth: int = 20  # 6·D + 2: 8, 14, 20, 32, 56, 110, 218, 434, 866
+    depth: int = 20  # resnet: 6·D + 2 (8, 14, 20, 32, 56, 110, ...); idiomatic_bottleneck: 9·n + 2 (20, 56, ...)
     width: int = 1  # filters are 16·W, 32·W, 64·W (W=1: ResNet, W>1: WRN-depth-W)
     gamma_init: GammaInit = "uniform"  # paper: γ ~ U[0, 1); "ones" is the Keras default
     num_classes: int = 10
+    arch: Arch = "resnet"
 
     def __post_init__(self) -> None:
-        if (not isinstance(self.depth, int) or isinstance(self.depth, bool) or not 8 <= self.depth <= MAX_DEPTH
-                or (self.depth - 2) % 6):
+        _check_choice("model.arch", self.arch, get_args(Arch))
+        step, low, examples = (9, 11, "11, 20, 56, 110, 164, 1001") if self.arch == "idiomatic_bottleneck" \
+            else (6, 8, "8, 14, 20, 32, 56, 110, ...")
+        if (not isinstance(self.depth, int) or isinstance(self.depth, bool) or not low <= self.depth <= MAX_DEPTH
+                or (self.depth - 2) % step):
+            unit = "n" if step == 9 else "D"
             raise ConfigError("model.depth", self.depth,
-                              f"6·D+2 with 1 <= D <= {(MAX_DEPTH - 2) // 6} (8, 14, 20, 32, 56, 110, ...)")
+                              f"{step}·{unit}+2 with 1 <= {unit} <= {(MAX_DEPTH - 2) // step} ({examples})"
+                              + (" for arch idiomatic_bottleneck" if step == 9 else ""))
         _check_positive("model.width", self.width, integer=True, maximum=MAX_WIDTH)
         _check_choice("model.gamma_init", self.gamma_init, get_args(GammaInit))
         _check_positive("model.num_classes", self.num_classes, integer=True, maximum=100_000)
 
     @property
     def blocks_per_stage(self) -> int:
-        return (self.depth - 2) // 6
+        """Residual blocks per stage: D (resnet) or n (idiomatic_bottleneck: 1 projection + n−1 identity)."""
+        return (self.depth - 2) // (9 if self.arch == "idiomatic_bottleneck" else 6)
 
 
 @dataclass(frozen=True)
@@ -270,8 +282,14 @@ def unflatten(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Keys added after run directories already existed: hashed only when they differ from their default,
+# so every configuration written before them keeps its hash (resume, checkpoints, group_hash).
+_HASHED_ONLY_OFF_DEFAULT: dict[str, Any] = {"model.arch": "resnet"}
+
+
 def config_hash(cfg: TrialConfig, *, ignore: tuple[str, ...] = ()) -> str:
     """12 hex digits naming a configuration; ``ignore=("seed",)`` groups replicates together."""
-    d = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in ignore}
+    d = {k: v for k, v in flatten(cfg.to_dict()).items()
+         if k not in ignore and not (k in _HASHED_ONLY_OFF_DEFAULT and v == _HASHED_ONLY_OFF_DEFAULT[k])}
     blob = json.dumps(d, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

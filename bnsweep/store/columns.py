@@ -33,10 +33,11 @@ _HEAD: dict[str, tuple[str, str]] = {
 
 
 _CONFIG_DESCRIPTIONS: dict[str, str] = {
-    "model.depth": "ResNet depth 6·D+2",
+    "model.depth": "network depth (resnet: 6·D+2; idiomatic_bottleneck: 9·n+2)",
     "model.width": "width multiplier W (16·W, 32·W, 64·W filters)",
     "model.gamma_init": "BN γ initialization (uniform: U[0,1), ones)",
     "model.num_classes": "output classes",
+    "model.arch": "network (resnet: the paper's; idiomatic_bottleneck: the notebooks')",
     "regime": "freezing regime: which parameters train",
     "data.source": "data source kind (cifar10, npz, dir, synthetic)",
     "data.path": "data file or directory (source npz/dir)",
