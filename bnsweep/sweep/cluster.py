@@ -113,7 +113,7 @@ def cluster_nodes() -> list[Node]:
                         ip=n.get("NodeManagerAddress") or "", is_head="node:__internal_head__" in res,
                         resources={k: v for k, v in res.items() if not k.startswith("node:")},
                         labels=dict(n.get("Labels") or {})))
-    return out
+    return sorted(out, key=lambda n: (not n.is_head, n.name, n.node_id))
 
 
 def local_node(*, num_cpus: float | None = None, num_gpus: float | None = None) -> Node:
@@ -126,7 +126,8 @@ def local_node(*, num_cpus: float | None = None, num_gpus: float | None = None) 
     try:
         from ray._private.resource_and_label_spec import ResourceAndLabelSpec
 
-        spec = ResourceAndLabelSpec(num_cpus=num_cpus, num_gpus=num_gpus).resolve(is_head=True)
+        spec = ResourceAndLabelSpec(num_cpus=None if num_cpus is None else int(num_cpus),
+                                    num_gpus=None if num_gpus is None else int(num_gpus)).resolve(is_head=True)
         res = {k: v for k, v in spec.to_resource_dict().items() if not k.startswith("node:")}
         labels = dict(spec.labels or {})
     except Exception:  # Ray's internals moved: count what the standard library can see
@@ -171,13 +172,14 @@ def _ask_key(spec: Any, key: str, need: float) -> str:
 
 
 def _plural(n: float, what: str) -> str:
-    return f"{n:g} {what}" + ("" if n == 1 or what == "memory" else "s")
+    if what.startswith("'"):  # a custom resource: "0.5 of 'accelerator_type:H100'"
+        return f"{n:g} of {what}"
+    return f"{n:g} {what}" + ("s" if n > 1 and what != "memory" else "")
 
 
 def _why_nothing_fits(spec: Any, needs: Mapping[str, float], nodes: Sequence[Node], where: str) -> str:
     local = where == "this machine"
     summary = summarize_nodes(nodes)
-    has = "this machine has" if local else f"no node of {where} has"
     allowed = "Allowed here" if local else "Allowed there"
     order = sorted(needs, key=lambda k: ({"GPU": 0, "TPU": 1, "CPU": 3, "memory": 4}.get(k, 2), k))
     for key in order:
@@ -194,23 +196,22 @@ def _why_nothing_fits(spec: Any, needs: Mapping[str, float], nodes: Sequence[Nod
                     f"bnsweep.sweep.packing.TRIAL_MEMORY_BYTES), but {offers}; use "
                     f"{'a machine' if local else 'nodes'} with more memory")
         if key == "CPU" and spec.resources.cpu is None:
-            return (f"CPU: {has} no CPU for a trial ({summary}); start worker nodes with CPUs "
-                    "(ray start --num-cpus N)")
+            none = "this machine has no CPU" if local else f"no node of {where} has a CPU"
+            return f"CPU: {none} for a trial ({summary}); start worker nodes with CPUs (ray start --num-cpus N)"
         if best <= 0:
             fix = {"GPU": "0 (CPU trials), or " + ("run it on a GPU machine" if local else
                                                    "add GPU nodes (ray start --num-gpus N)"),
                    "TPU": "0 (CPU or GPU trials), or run it on a TPU host (Ray's TPU resource)"}.get(
                        key, f"leave it out, or start a node that has it (ray start --resources '{{\"{key}\": N}}')")
-            none = f"this machine has no {what} Ray can use" if local else f"no node of {where} has a {what}"
+            article = "a " if key in _WHAT else ""
+            none = f"this machine has no {what} Ray can use" if local else f"no node of {where} has {article}{what}"
             return (f"{asked}: a trial asks for {_plural(need, what)}, but {none} ({summary}); Ray would wait for "
                     f"one forever. {allowed}: {fix}")
         if local:
             return (f"{asked}: a trial asks for {_plural(need, what)}, but this machine has {best:g} ({summary}); "
                     f"Ray would wait forever. {allowed}: at most {best:g}")
-        biggest = [n.label for n in nodes if n.resources.get(key, 0) == best]
         return (f"{asked}: a trial asks for {_plural(need, what)}, but the largest node of {where} has {best:g} "
-                f"({', '.join(biggest[:3])}{' …' if len(biggest) > 3 else ''}; all: {summary}); Ray would wait "
-                f"forever. {allowed}: at most {best:g}, or add larger nodes")
+                f"({summary}); Ray would wait forever. {allowed}: at most {best:g}, or add larger nodes")
     asked = " + ".join(_plural(v, _WHAT.get(k, repr(k))) if k != "memory" else _gb(v) for k, v in needs.items())
     lacks = "this machine does not have all of it" if local else f"no node of {where} has all of it at once"
     return (f"resources: a trial asks for {asked} on one node, but {lacks} ({summary}); Ray would wait forever. "
@@ -343,7 +344,7 @@ def _probe_here(run_dir: str | None, token: str | None, fs: Any, data: Sequence[
             got, problems["run_dir"] = None, f"cannot read it ({type(e).__name__}: {_first_line(e)})"
         if "run_dir" not in problems and got is None:
             problems["run_dir"] = "not there (the file bnsweep wrote is missing: another disk)"
-        elif "run_dir" not in problems and got.strip() != token:
+        elif "run_dir" not in problems and (got or "").strip() != token:
             problems["run_dir"] = "a different directory at the same path (the file bnsweep wrote is not there)"
         if "run_dir" not in problems:  # trials write there too (checkpoints, results)
             try:
@@ -382,12 +383,13 @@ def check_paths(nodes: Sequence[Node], *, run_dir: str | Path | None, data: Sequ
     if not nodes or (run_dir is None and not data):
         return
     token = secrets.token_hex(8)
-    fs, where, probe = None, None, None
+    fs, where, probe, made = None, None, None, []
     shown = str(run_dir)
     if run_dir is not None:
         if is_uri(run_dir):
             fs, where = _open_uri(str(run_dir))
             probe = f"{where.rstrip('/')}/{PROBE_PREFIX}{token}"
+            made = _missing_dirs(fs, where)
             try:
                 with fs.open_output_stream(probe) as f:
                     f.write(token.encode())
@@ -423,6 +425,7 @@ def check_paths(nodes: Sequence[Node], *, run_dir: str | Path | None, data: Sequ
             with contextlib.suppress(Exception):
                 if fs is not None:
                     fs.delete_file(probe)
+                    _remove_empty_dirs(fs, made)
                 else:
                     os.unlink(probe)
     silent = [refs[r].label for r in pending]
@@ -434,6 +437,7 @@ def check_paths(nodes: Sequence[Node], *, run_dir: str | Path | None, data: Sequ
         raise ClusterError(f"bnsweep's pre-flight probe failed on {_names(broken)}: is bnsweep (this version) "
                            "installed in the Python that Ray runs on every node?")
     by_node = {n.node_id: n for n in nodes}
+    results = {n.node_id: results[n.node_id] for n in nodes if n.node_id in results}  # in the nodes' order
     run_bad = {by_node[i].label: r["problems"]["run_dir"] for i, r in results.items() if "run_dir" in r["problems"]}
     if run_bad:
         raise ClusterError(_run_dir_message(shown, run_bad, total=len(nodes), uri=fs is not None))
@@ -464,6 +468,32 @@ def _run_dir_message(shown: str, bad: Mapping[str, str], *, total: int, uri: boo
     return (f"{head} ({what}): the nodes share no disk with this driver. Use a bucket every node can reach "
             f"(--run-dir s3://BUCKET/PATH or gs://BUCKET/PATH) or a directory on a disk every node mounts at the "
             f"same path (NFS, e.g. /mnt/nfs/runs/NAME)")
+
+
+def _missing_dirs(fs: Any, path: str) -> list[str]:
+    """``path`` and its parents (below the bucket) that do not exist yet, deepest first."""
+    import pyarrow.fs as pafs
+
+    out = []
+    parts = path.strip("/").split("/")
+    for i in range(len(parts), 1, -1):
+        d = "/".join(parts[:i])
+        with contextlib.suppress(Exception):
+            if fs.get_file_info(d).type != pafs.FileType.NotFound:
+                break
+            out.append(d)
+    return out
+
+
+def _remove_empty_dirs(fs: Any, dirs: Sequence[str]) -> None:
+    """Remove the (object-store) directories the probe made, if nothing else landed in them meanwhile."""
+    import pyarrow.fs as pafs
+
+    for d in dirs:
+        with contextlib.suppress(Exception):
+            if fs.get_file_info(pafs.FileSelector(d, allow_not_found=True)):
+                return
+            fs.delete_dir(d)
 
 
 def _open_uri(uri: str) -> tuple[Any, str]:

@@ -121,7 +121,7 @@ def prepare_token_auth() -> str | None:
         os.environ[AUTH_MODE_ENV] = "token"
         if "ray._raylet" in sys.modules:  # Ray caches its config when first read: re-read the environment
             with contextlib.suppress(Exception):
-                from ray._raylet import Config
+                from ray._raylet import Config  # type: ignore[attr-defined]
 
                 Config.initialize("")
     return source
@@ -150,7 +150,7 @@ def check_can_join(address: str, source: str | None, *, timeout_s: float = JOIN_
         if not gcs:
             return  # no cluster found here: ray.init says so
     try:
-        from ray._raylet import InnerGcsClient
+        from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
     except ImportError:  # Ray's internals moved: let ray.init find out
         return
     with _stderr_swallowed():
