@@ -312,7 +312,8 @@ def test_every_impossible_ask_is_refused_naming_the_key_what_the_nodes_have_and_
     assert "Allowed there: 0 (CPU trials), or add GPU nodes" in msg
     one_gpu = [*NODES, Node("g", "g1", resources={"CPU": 4, "GPU": 1, "memory": 8e9})]
     msg = _refusal(SweepSpec(name="s", resources=Resources(gpu=2)), one_gpu)
-    assert "a trial asks for 2 GPUs, but the largest node of the cluster at h:6379 has 1 (g1;" in msg
+    assert "a trial asks for 2 GPUs, but the largest node of the cluster at h:6379 has 1 (head: 0 CPU" in msg
+    assert "; g1: 4 CPU, 1 GPU, 8.0 GB); Ray would wait forever. Allowed there: at most 1, or add larger nodes" in msg
     msg = _refusal(SweepSpec(name="s", resources=Resources(tpu=4)))
     assert msg.startswith("resources.tpu 4: a trial asks for 4 TPU chips, but no node") and "TPU host" in msg
     msg = _refusal(SweepSpec(name="s", resources=Resources(cpu=4)))
@@ -399,3 +400,21 @@ def test_gpu_ask_on_this_gpu_less_machine_is_refused_by_plan_and_launch(tmp_path
     assert not (tmp_path / "run").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["pf.yaml"]
     rc, out, err, _ = _cli(["plan", str(spec), "--no-probe", "--gpus-per-trial", "1", "--for-cluster"], tmp_path)
     assert rc == 0 and err == "" and "launch here would run" not in out
+
+
+def test_nodes_an_autoscaler_reports_it_can_add_count_and_are_named():
+    from ray.core.generated import autoscaler_pb2
+
+    from bnsweep.sweep.cluster import autoscaler_groups, pack_cluster
+
+    cfg = autoscaler_pb2.ClusterConfig(node_group_configs=[
+        autoscaler_pb2.NodeGroupConfig(name="gpu", resources={"CPU": 8, "GPU": 2}, max_count=3),
+        autoscaler_pb2.NodeGroupConfig(name="off", resources={"CPU": 8, "GPU": 8}, max_count=0)])
+    groups = autoscaler_groups(cfg)
+    assert [(g.name, most) for g, most in groups] == [("gpu", 3)]  # a group that may start no node is left out
+    spec = SweepSpec(name="s", resources=Resources(cpu=2, gpu=1))
+    packing, now, line = pack_cluster(spec, NODES, groups, configurations=20, address="h:6379")
+    assert now.fits == 0 and packing.concurrent == 6  # 2 per GPU node, 3 nodes: Ray's autoscaler starts them
+    assert "the autoscaler can add: gpu (up to 3 nodes): 2 trials each; 6 trials at once in all" in line
+    with pytest.raises(ClusterError, match="a trial asks for 4 GPUs, but the largest node"):
+        pack_cluster(SweepSpec(name="s", resources=Resources(gpu=4)), NODES, groups, configurations=2)

@@ -26,6 +26,7 @@ there: 0 (CPU trials), or add GPU nodes (ray start --num-gpus N)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import sys
@@ -91,7 +92,7 @@ class Node:
                 acc = self.accelerator_type
                 parts.append(f"{r[key]:g} {key}" + (f" {acc}" if acc and (key == "TPU") == acc.startswith("TPU")
                                                      else ""))
-        if "memory" in r:
+        if "memory" in r and r["memory"] != float("inf"):
             parts.append(_gb(r["memory"]))
         return ", ".join(parts)
 
@@ -510,6 +511,36 @@ def _open_uri(uri: str) -> tuple[Any, str]:
 
 # ------------------------------------------------------------------ the pre-flight
 
+def autoscaler_groups(config: Any) -> list[tuple[Node, int]]:
+    """The node groups an autoscaler can start (``ray._private.state.state.get_cluster_config()``, which
+    Ray's autoscaler v2 and KubeRay report; None elsewhere) as (node, most nodes; -1: no limit). Ray
+    Train checks its asks against the same config.
+
+    >>> from ray.core.generated import autoscaler_pb2
+    >>> cfg = autoscaler_pb2.ClusterConfig(node_group_configs=[autoscaler_pb2.NodeGroupConfig(
+    ...     name="gpu", resources={"CPU": 8, "GPU": 1}, max_count=4)])
+    >>> [(n.name, n.resources["GPU"], k) for n, k in autoscaler_groups(cfg)]
+    [('gpu', 1, 4)]
+    """
+    out = []
+    for g in getattr(config, "node_group_configs", None) or []:
+        if g.max_count == 0:
+            continue
+        res = {k: (int(v) if float(v).is_integer() else v) for k, v in dict(g.resources).items()}
+        res.setdefault("memory", float("inf"))  # not reported: not what stops a trial there
+        out.append((Node(node_id=f"group:{g.name}", name=g.name or "autoscaler nodes", resources=res), g.max_count))
+    return out
+
+
+def _cluster_config() -> Any:
+    try:
+        from ray._private.state import state
+
+        return state.get_cluster_config()
+    except Exception:  # not reported, or Ray's internals moved: only the nodes there count
+        return None
+
+
 @dataclass(frozen=True)
 class Preflight:
     """What the pre-flight found: the packing per node, the nodes, which were probed, and how long it took."""
@@ -520,24 +551,55 @@ class Preflight:
     seconds: float
 
 
+GROUP_COPIES = 32  # an autoscaler group without a limit counts as this many nodes for the packing
+
+
 def preflight(spec: Any, options: Any, *, run_dir: str | Path | None, configurations: int | None = None,
               out: TextIO | None = None) -> Preflight:
     """Run after Ray is connected, before anything is written: refuse (``ClusterError``) trials no node
-    can run; with ``options.address``, print the per-node packing and probe the nodes that would run
-    trials (other than this driver's) for the run directory and, when trials load their own data, the
-    data paths. A local Ray (no ``--address``, one node) is not probed."""
+    can run (nor any node an autoscaler reports it can add); with ``options.address``, print the per-node
+    packing and probe the nodes that would run trials (other than this driver's) for the run directory
+    and, when trials load their own data, the data paths. A local Ray (no ``--address``) is not probed."""
     import ray
 
     t0 = time.monotonic()
-    configurations = _configurations(spec, configurations)
     nodes = cluster_nodes()
+    groups = autoscaler_groups(_cluster_config()) if options.address else []
     where = f"the cluster at {options.address}" if options.address else "this machine's Ray"
-    packing = check_resources(spec, nodes, configurations=configurations, where=where)
+    packing, now, line = pack_cluster(spec, nodes, groups, configurations=_configurations(spec, configurations),
+                                      where=where, address=options.address or "")
     probed: list[Node] = []
     if options.address:
-        print(f"cluster {format_packing(packing, nodes, where=options.address)}", file=out or sys.stderr, flush=True)
+        print(f"cluster {line}", file=out or sys.stderr, flush=True)
         here = ray.get_runtime_context().get_node_id()
-        probed = [n for n, (_, k) in zip(nodes, packing.per_node, strict=True) if k > 0 and n.node_id != here]
-        check_paths(probed, run_dir=run_dir, data=data_paths(spec))
+        probed = [n for n, (_, k) in zip(nodes, now.per_node, strict=True) if k > 0 and n.node_id != here]
+        check_paths(probed, run_dir=run_dir, data=data_paths(spec))  # (nodes added later are not probed)
     return Preflight(packing=packing, nodes=tuple(nodes), probed=tuple(n.label for n in probed),
                      seconds=round(time.monotonic() - t0, 3))
+
+
+def pack_cluster(spec: Any, nodes: Sequence[Node], groups: Sequence[tuple[Node, int]] = (), *, configurations: int,
+                 where: str = "the cluster", address: str = "") -> tuple[Packing, Packing, str]:
+    """(the packing over the nodes and what the autoscaler can add, the same on today's nodes only, the
+    line ``launch --address`` prints); ``ClusterError`` when neither can hold a trial.
+
+    >>> from bnsweep.spec.sweep_spec import Resources, SweepSpec
+    >>> nodes = [Node("h", "head", resources={"CPU": 4, "memory": 16e9})]
+    >>> gpu = (Node("group:gpu", "gpu", resources={"CPU": 8, "GPU": 1, "memory": float("inf")}), 4)
+    >>> p, now, line = pack_cluster(SweepSpec(name="s", resources=Resources(gpu=1)), nodes, [gpu], configurations=10)
+    >>> p.concurrent, now.fits
+    (4, 0)
+    >>> print(line)
+    1 node: a trial takes 8 CPUs, 1 GPU, 1.5 GB → head: none (4 CPU, 16.0 GB) = 0 trials at once
+      the autoscaler can add: gpu (up to 4 nodes): 1 trial each; 4 trials at once in all
+    """
+    virtual = [g for g, most in groups for _ in range(most if 0 < most <= GROUP_COPIES else GROUP_COPIES)]
+    packing = check_resources(spec, [*nodes, *virtual], configurations=configurations, where=where)
+    now = dataclasses.replace(packing, per_node=packing.per_node[:len(nodes)])
+    line = format_packing(now, nodes, where=address)
+    if groups:
+        fits = {g.node_id: k for g, (_, k) in zip(virtual, packing.per_node[len(nodes):], strict=True)}
+        adds = "; ".join(f"{g.label} (up to {most if most > 0 else 'any number of'} nodes): "
+                         f"{_plural(fits.get(g.node_id, 0), 'trial')} each" for g, most in groups)
+        line = line.split("\n")[0] + f"\n  the autoscaler can add: {adds}; {packing.concurrent} trials at once in all"
+    return packing, now, line

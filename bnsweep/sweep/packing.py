@@ -108,9 +108,10 @@ def fits_on_node(resources: Mapping[str, float], needs: Mapping[str, float]) -> 
     """
     n = math.inf
     for key, need in needs.items():
-        if need > 0:
+        have = resources.get(key, 0)
+        if need > 0 and have != math.inf:  # (inf: not counted, e.g. an autoscaler group's unreported memory)
             # Ray counts resources in units of 1/10000: 3 × 0.1 GPU fit in 0.3 GPU
-            n = min(n, math.floor(resources.get(key, 0) / need + 1e-6))
+            n = min(n, math.floor(have / need + 1e-6))
     return 0 if n == math.inf else int(n)
 
 
