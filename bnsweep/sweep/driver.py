@@ -275,7 +275,7 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
         if before_tuner is not None:
             before_tuner()
         info = read_sweep_json(run_dir)
-        concurrent, cpus = flight.packing  # per node; what the spec leaves unset fits the nodes
+        concurrent, cpus = flight.packing.concurrent, flight.packing.cpus_per_trial  # per node (pre-flight)
         meta = {
             "run_dir": str(run_dir), "sweep": spec.name, "spec_hash": info["spec_hash"],
             "git_commit": info.get("git_commit"), "versions": info.get("versions", {}),
