@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from bnsweep.base.atomic import atomic_write_text
 from bnsweep.store.rundir import RunDirError
 from bnsweep.sweep.packing import Packing, spec_packing
 
@@ -350,7 +351,7 @@ def _probe_here(run_dir: str | None, token: str | None, fs: Any, data: Sequence[
         if "run_dir" not in problems:  # trials write there too (checkpoints, results)
             try:
                 if fs is None:
-                    Path(mine).write_text(token)
+                    atomic_write_text(Path(mine), token)  # write, fsync, rename: what the trials do
                     os.unlink(mine)
                 else:
                     with fs.open_output_stream(mine) as f:
@@ -403,7 +404,7 @@ def check_paths(nodes: Sequence[Node], *, run_dir: str | Path | None, data: Sequ
                 where = None  # nothing to look for (launch and resume always have it by now)
             else:
                 probe = f"{where}/{PROBE_PREFIX}{token}"
-                Path(probe).write_text(token)
+                atomic_write_text(Path(probe), token)
     try:
         task = ray.remote(num_cpus=0, max_retries=0)(_probe_here)
         refs = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False),

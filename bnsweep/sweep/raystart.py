@@ -198,13 +198,14 @@ def _stderr_swallowed():
     """File descriptor 2 goes to /dev/null meanwhile (C++ log lines are written there, not to sys.stderr)."""
     sys.stderr.flush()
     saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
     try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
+        os.dup2(null, 2)
         yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+        os.close(null)
 
 
 def dashboard_port(options: LaunchOptions) -> int:
