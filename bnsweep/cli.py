@@ -89,8 +89,12 @@ def _load(args: argparse.Namespace) -> Any:
     return dataclasses.replace(spec, **changes, raw=raw)  # the saved spec is what runs
 
 
-def _check_ray_args(args: argparse.Namespace) -> None:
-    """Ray options that would otherwise fail deep inside Ray (a traceback) or hang (no CPU for a trial)."""
+def _check_ray_args(args: argparse.Namespace, spec: Any = None) -> None:
+    """Ray options that would otherwise fail deep inside Ray (a traceback) or hang (no CPU for a trial).
+
+    Without ``--address``, ``spec``'s trials must fit on this machine (a GPU, TPU or CPU ask it cannot
+    hold would wait forever): checked here before any Ray starts. With ``--address``, the cluster is
+    checked once joined (``bnsweep.sweep.cluster.preflight``)."""
     if not 1 <= args.dashboard_port <= 65535:
         raise _Bad(f"--dashboard-port: expected a port 1..65535, received {args.dashboard_port}")
     if args.num_cpus is not None and args.num_cpus < 1:
@@ -108,12 +112,16 @@ def _check_ray_args(args: argparse.Namespace) -> None:
             socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
         except OSError as e:
             raise _Bad(f"--address {args.address}: no Ray head answers there ({e.strerror or e})") from None
+    if spec is not None and not args.address:
+        from bnsweep.sweep.cluster import check_local
+
+        check_local(spec, num_cpus=args.num_cpus, hint=" (--address HOST:PORT joins a Ray cluster that has it)")
 
 
-def _options(args: argparse.Namespace) -> Any:
+def _options(args: argparse.Namespace, spec: Any = None) -> Any:
+    _check_ray_args(args, spec)  # before Ray and Optuna are imported: a refusal is quick
     from bnsweep.sweep.driver import LaunchOptions
 
-    _check_ray_args(args)
     if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: the Ray dashboard will listen on {args.dashboard_host}: anyone who can reach it can "
               "submit jobs and run code on this machine (the 2023 'ShadowRay' attacks on exposed Ray). "
@@ -131,7 +139,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bnsweep.report.plan import format_plan, make_plan
 
     spec = _load(args)
-    report = make_plan(spec, probe=not args.no_probe)
+    report = make_plan(spec, probe=not args.no_probe, check_here=not args.for_cluster)
     if args.json:
         print(json.dumps(report.as_dict(), default=str))
     else:
@@ -140,10 +148,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    options = _options(args, spec)
     from bnsweep.sweep.driver import default_run_dir, launch
 
-    spec = _load(args)
-    options = _options(args)
     args.run_dir = str(options.run_dir or default_run_dir(spec))  # for the Ctrl-C message
     outcome = launch(spec, options=options, overrides=_overrides(args))
     return 0 if outcome.finished else EXIT_INTERRUPTED
@@ -260,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("plan", help="validate, expand, count parameters, show LR curves, estimate cost")
     spec_args(q)
     q.add_argument("--no-probe", action="store_true", help="skip the measured speed probe")
+    q.add_argument("--for-cluster", action="store_true",
+                   help="plan for a Ray cluster or another machine: do not check the trials' CPUs/GPUs/TPUs/memory "
+                        "against this one (launch --address checks the cluster's nodes)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_plan)
 

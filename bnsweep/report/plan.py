@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +139,7 @@ def _representative_schedules(spec: Any) -> list[tuple[str, dict[str, Any]]]:
     return [(base["type"], base)]
 
 
-def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanReport:
+def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4, check_here: bool = True) -> PlanReport:
     from bnsweep.engine.regimes import account
     from bnsweep.spec.config import TrialConfig
     from bnsweep.spec.schedules import planned_lr
@@ -153,10 +152,12 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanRep
     report = PlanReport(name=spec.name, method=spec.method, configurations=n_cfg, replicates=spec.replicates,
                         trainings=n_cfg * spec.replicates, epochs=epochs, train_images=n_train, val_images=n_val,
                         early_stopping=spec.scheduler.type)
-    from bnsweep.sweep.packing import choose_packing, physical_memory_bytes
+    if check_here:  # trials this machine cannot hold are refused here too (ClusterError), as launch does
+        from bnsweep.sweep.cluster import check_local
 
-    report.packing = choose_packing(spec, configurations=n_cfg, total_cpus=os.cpu_count() or 1,
-                                    memory_bytes=physical_memory_bytes())
+        here = check_local(spec, configurations=n_cfg, hint="; to plan for a cluster or another machine, add "
+                                                            "--for-cluster")
+        report.packing = (here.concurrent, here.cpus_per_trial)
     combos = [(d, w, r) for d, w in _model_combos(spec, base) for r in _values(spec, "regime", base.regime)]
     flops_per_training = []
     for depth, width, regime in combos:

@@ -263,12 +263,19 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
         dashboard = start_ray(run_dir, spec, options, data_bytes)
         if started_here and not options.address:
             keep_credentials_out_of_ray_logs()
+        # ---- pre-flight (bnsweep.sweep.cluster), Ray connected, nothing written yet: trials no node can run
+        # are refused; with --address the per-node packing is printed and every node that would run trials
+        # must reach the run directory (and the data, when trials load their own)
+        from bnsweep.sweep.cluster import preflight
+
+        flight = preflight(spec, options, run_dir=run_dir)
+        # ----
         searcher, n = make_search(spec, storage_url)
         interrupts.raise_if_pending()
         if before_tuner is not None:
             before_tuner()
         info = read_sweep_json(run_dir)
-        concurrent, cpus = _packing(spec, options, n)  # what the spec leaves unset fits the machine
+        concurrent, cpus = flight.packing.concurrent, flight.packing.cpus_per_trial  # per node (pre-flight)
         meta = {
             "run_dir": str(run_dir), "sweep": spec.name, "spec_hash": info["spec_hash"],
             "git_commit": info.get("git_commit"), "versions": info.get("versions", {}),
