@@ -413,7 +413,13 @@ class RunDir:
         always = set(refresh)
         n = 0
         for prefix in prefixes:
-            for rel, size in self.loc.list_files(prefix):
+            if prefix and not prefix.endswith("/"):  # one file
+                data = self.loc.read_bytes(prefix)
+                if data is not None:
+                    atomic_write_bytes(self.local / prefix, data)
+                    n += 1
+                continue
+            for rel, size in self.loc.list_files(prefix.rstrip("/")):
                 if rel == self.LOCK or rel.startswith(f"{self.RAY}/"):
                     continue  # the lock is not data; Ray's state is read by Ray through its storage
                 if suffixes is not None and not rel.endswith(suffixes):

@@ -71,6 +71,7 @@ class SweepMonitor(Callback):
 
     # ---------------------------------------------------------------- Ray Tune hooks
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._publish_study()  # (a URI) the study's copy first: every trial a snapshot names is in it
         self._snapshot()  # before the trial trains: resume must know every trial that wrote anything
         self.running.add(trial.trial_id)
         self._trial_start[trial.trial_id] = time.time()
@@ -345,7 +346,8 @@ class SweepMonitor(Callback):
                    resume=None if outcome.finished else f"bnsweep resume {self.rd.uri}",
                    problem=None if outcome.complete or not outcome.finished else
                    f"{outcome.counts.get('failed', 0)} configuration(s) failed, {outcome.counts.get('lost', 0)} lost "
-                   f"(see `bnsweep status {self.rd.uri}`)")
+                   f"(see `bnsweep status {self.rd.uri}`)",
+                   snapshots={"count": len(self.snapshot_seconds), "seconds": round(sum(self.snapshot_seconds), 3)})
 
     def _emit(self, event: str, **fields: Any) -> None:
         if self.quiet:

@@ -120,6 +120,11 @@ def optuna_search_reattach(state: dict[str, Any], storage: Any) -> dict[str, Any
                               pruner=optuna.pruners.NopPruner())
     out["_storage"] = storage
     out["_ot_study"] = study
-    out["_ot_trials"] = {tid: optuna.trial.Trial(study, int(internal))
-                         for tid, internal in (out.get("_ot_trials") or {}).items()}
+    trials = {}
+    for tid, internal in (out.get("_ot_trials") or {}).items():
+        try:
+            trials[tid] = optuna.trial.Trial(study, int(internal))
+        except KeyError:  # asked after the study's last copy reached the store: a new Optuna trial stands in
+            trials[tid] = study.ask()  # (without its parameters; it counts as the configuration it is)
+    out["_ot_trials"] = trials
     return out
