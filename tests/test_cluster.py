@@ -100,7 +100,8 @@ def sweeps_on_a_cluster(ctx, subset: str | None) -> dict:
                         "tail": run.output[-3000:], "table": _s3_table(c, "bucket/qs"),
                         "status_rc": status.rc, "status": status.json() if status.rc == 0 else status.output[-2000:],
                         "export_rc": export.rc, "export": export.output[-3000:],
-                        "wandb_runs": sorted({k.split("/")[3] for k in keys if k.startswith("bucket/qs/wandb/offline-run-")}),
+                        "wandb_runs": sorted({k.split("/")[3] for k in keys
+                                              if k.startswith("bucket/qs/wandb/offline-run-")}),
                         "records": [k for k in keys if k.endswith("/result.json") and "/trials/" in k]}
             ctx.log(f"(a) done: rc {run.rc}")
 
@@ -178,7 +179,8 @@ def test_quickstart_on_two_machines_with_an_s3_run_dir_gives_a_complete_table(cl
 def test_a_local_run_dir_on_a_cluster_without_shared_disk_is_never_a_silent_wrong_table(cluster_run):
     c = cluster_run["c"]
     assert c["worker_sees"] == ""  # the worker's run-dir parent is its own, empty
-    print(f"\n(c) local run dir on the cluster: exit {c['rc']}, rows {[(r['status'], r['reason'][:90]) for r in c['table']]}")
+    rows = [(r["status"], r["reason"][:90]) for r in c["table"]]
+    print(f"\n(c) local run dir on the cluster: exit {c['rc']}, rows {rows}")
     if c["rc"] == 2:  # refused before launch by the pre-flight check (bnsweep.sweep.cluster.check_cluster)
         assert not c["table"]
         return

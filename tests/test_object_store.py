@@ -254,7 +254,8 @@ def test_sweep_on_s3_survives_kill_9_and_resumes_from_a_fresh_machine(s3, tmp_pa
     (["status", "nosuchscheme://bucket/x"], "unknown scheme 'nosuchscheme'"),
     (["status", "s3:"], "not a path nor a URI"),
     (["status", "s3://"], "no bucket or path after s3://"),
-    (["launch", "SPEC", "--run-dir", "s3://no-such-bucket/x", "--no-dashboard"], "no bucket (or root) 'no-such-bucket'"),
+    (["launch", "SPEC", "--run-dir", "s3://no-such-bucket/x", "--no-dashboard"],
+     "no bucket (or root) 'no-such-bucket'"),
     (["status", "s3://bucket/x", "ENDPOINT=http://127.0.0.1:9"], "bnsweep status: "),
 ])
 def test_bad_run_dir_uris_are_one_line_exit_2(s3, tmp_path, args, message):

@@ -23,6 +23,7 @@ kill tear Ray's own (non-atomic) copy. (On an object store every object is writt
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,9 @@ from bnsweep.sweep import ray_compat
 from bnsweep.sweep.recovery import BACKUP_DIR
 
 TABLE_INTERVAL_S = 5.0  # rewrite the results table at most this often while trials end (always at the end)
+# after a checkpoint, snapshot Ray's experiment state unless one was taken this recently (a trial start's,
+# another checkpoint's): a restore then resumes from a checkpoint at most this much older than the newest
+SNAPSHOT_MIN_INTERVAL_S = 2.0
 
 
 class SweepMonitor(Callback):
@@ -47,7 +51,8 @@ class SweepMonitor(Callback):
         self.storage_url = storage_url
         self.snapshot_after_checkpoint = snapshot_after_checkpoint
         self.manifests: dict[str, dict[int, str]] = {}  # trial id -> {seed: ended|running} of its last checkpoint
-        self.snapshot_seconds: list[float] = []  # measured cost of the forced snapshots
+        self.snapshot_seconds: list[float] = []  # measured cost of the forced snapshots after checkpoints
+        self._last_snapshot = -math.inf
         self.metric, self.mode, self.quiet, self.seed_base = metric, mode, quiet, seed_base
         self.started = time.time()
         self.ended: dict[str, str] = {}  # trial id -> completed | pruned | failed
@@ -91,7 +96,7 @@ class SweepMonitor(Callback):
 
     def on_trial_save(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         # the checkpoint is registered now: snapshot, so a restore after a crash resumes from it
-        if self.snapshot_after_checkpoint:
+        if self.snapshot_after_checkpoint and time.monotonic() - self._last_snapshot >= SNAPSHOT_MIN_INTERVAL_S:
             t0 = time.perf_counter()
             self._snapshot()
             self.snapshot_seconds.append(time.perf_counter() - t0)
@@ -259,6 +264,7 @@ class SweepMonitor(Callback):
                                         "a kill -9 in the next seconds may make resume sample a trial again")
             return
         self._controller = c
+        self._last_snapshot = time.monotonic()
         try:
             ray_compat.snapshot_experiment(c)
             if not self.rd.is_remote:
