@@ -10,7 +10,7 @@ interleaved round by round (local, s3, s3, local, ...). Prints each launch's wal
 the per-round s3/local ratios with its range, and the driver's forced-snapshot time (count, seconds)
 from its final event. Each launch runs its own local Ray, as a user's does.
 
-    .venv/bin/python bench/storage.py --rounds 3 --epochs 2 --train-size 2000
+    .venv/bin/python bench/storage.py --rounds 3 --epochs 2 --train-size 2000 --val-size 500
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def _moto() -> tuple[subprocess.Popen, str]:
 
 def _launch(run_dir: str, a: argparse.Namespace, env: dict[str, str]) -> dict:
     cmd = [sys.executable, "-m", "bnsweep", "launch", str(ROOT / "sweeps" / "quickstart.yaml"), "--data", str(SUBSET),
-           "--epochs", str(a.epochs), "--set", f"data.train_size={a.train_size}", "--run-dir", run_dir,
+           "--epochs", str(a.epochs), "--set", f"data.train_size={a.train_size}",
+           "--set", f"data.val_size={a.val_size}", "--set", f"data.test_size={a.val_size}", "--run-dir", run_dir,
            "--quiet", "--no-dashboard", "--num-cpus", str(a.cpus)]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
@@ -77,6 +78,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-size", type=int, default=2000)
+    p.add_argument("--val-size", type=int, default=500, help="validation and test images each")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--json")
     a = p.parse_args()

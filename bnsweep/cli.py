@@ -193,12 +193,11 @@ def _local_run_dirs(paths: list[str], *, weights: bool = False) -> list[Path]:
 
             rd = open_run_dir(d)
             rd.check_reachable()
-            names = rd.loc.list_files("")
-            if not any(n in ("sweep.json", "results.parquet", "results.csv") for n, _ in names):
+            tables = [rd.rel(t) for t in rd.table_files()]
+            if not any(rd.exists_remote(n) for n in (rd.SWEEP_JSON, *tables)):
                 raise _Bad(f"{d}: not a bnsweep run directory (no sweep.json or results table there)")
             suffixes = (".json", ".yaml", ".parquet", ".csv") + ((".npz",) if weights else ())
-            rd.pull(prefixes=("",), suffixes=suffixes, refresh=[r for r in (n for n, _ in names)
-                                                               if r.startswith(("results.", "history."))])
+            rd.pull(prefixes=(rd.SWEEP_JSON, rd.SPEC_YAML, *tables, rd.TRIALS + "/"), suffixes=suffixes)
             out.append(rd.local)
             continue
         p = Path(d)
@@ -295,12 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_launch)
 
     q = sub.add_parser("resume", help="continue a sweep after a crash or Ctrl-C")
-    q.add_argument("run_dir")
+    q.add_argument("run_dir", help="the run directory: a path or a URI (s3://BUCKET/PREFIX, ...)")
     ray_args(q)
     q.set_defaults(func=cmd_resume)
 
     q = sub.add_parser("status", help="progress table of a running or finished sweep")
-    q.add_argument("run_dir")
+    q.add_argument("run_dir", help="the run directory: a path or a URI (s3://BUCKET/PREFIX, ...)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_status)
 

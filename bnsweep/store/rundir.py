@@ -419,7 +419,13 @@ class RunDir:
                     atomic_write_bytes(self.local / prefix, data)
                     n += 1
                 continue
-            for rel, size in self.loc.list_files(prefix.rstrip("/")):
+            listed = self.loc.list_files(prefix.rstrip("/"))
+            if prefix == self.TRIALS + "/":  # the store is the truth: what it no longer has goes here too
+                keep = {rel for rel, _ in listed}
+                for q in sorted(self.trials_dir.rglob("*")) if self.trials_dir.is_dir() else []:
+                    if q.is_file() and self.rel(q) not in keep and (suffixes is None or q.name.endswith(suffixes)):
+                        q.unlink(missing_ok=True)
+            for rel, size in listed:
                 if rel == self.LOCK or rel.startswith(f"{self.RAY}/"):
                     continue  # the lock is not data; Ray's state is read by Ray through its storage
                 if suffixes is not None and not rel.endswith(suffixes):
