@@ -273,3 +273,56 @@ def test_bad_run_dir_uris_are_one_line_exit_2(s3, tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr
     assert time.perf_counter() - t0 < 90
     assert not _objects(s3, "bucket/x")  # nothing written
+
+
+_RACER = """
+import os, sys, time
+from bnsweep.store.rundir import RunDir, RunDirError, lock_for
+lock = lock_for(RunDir(sys.argv[1]))
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+try:
+    lock.acquire()
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+    lock.release()
+except RunDirError as e:
+    print("refused", flush=True)
+"""
+
+
+def test_the_lock_object_one_of_racing_drivers_wins_and_a_dead_holder_s_lock_is_taken_over(s3, tmp_path,
+                                                                                               monkeypatch):
+    """The run-directory lock on an object store (a heartbeat lock object, settle-and-read-back): of 5
+    drivers racing for one URI exactly one holds it, every round; a lock left by a killed driver (its pid
+    dead on this host) is taken over at once; a live holder's is refused with who holds it."""
+    from bnsweep.store.rundir import RunDir, RunDirError, lock_for
+
+    env = {**_machine(tmp_path, "racers", s3), "PYTHONPATH": str(ROOT)}
+    for k, v in s3["env"].items():
+        monkeypatch.setenv(k, v)
+    uri = "s3://bucket/locks"
+    for round_ in range(2):
+        go = tmp_path / f"go-{round_}"
+        procs = [subprocess.Popen([sys.executable, "-c", _RACER, uri, str(go), "4"], stdout=subprocess.PIPE,
+                                  text=True, env=env, cwd=ROOT) for _ in range(5)]
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 5
+        go.touch()
+        answers = [p.stdout.readline().strip() for p in procs]
+        for p in procs:
+            p.wait(60)
+        assert sorted(answers) == ["held"] + ["refused"] * 4, answers
+    holder = subprocess.Popen([sys.executable, "-c", _RACER, uri, str(tmp_path / "go-0"), "300"],
+                              stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "ready" and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=f"in use by another bnsweep \\(pid {holder.pid} on"):
+            lock_for(RunDir(uri)).acquire()
+    finally:
+        holder.kill()  # kill -9: its lock object stays, naming a dead pid
+        holder.wait()
+    assert json.loads(_fs(s3).open_input_stream("bucket/locks/.lock").read())["pid"] == holder.pid
+    with lock_for(RunDir(uri)) as lock:  # taken over at once
+        assert lock.held and not lock.lost
+    assert "bucket/locks/.lock" not in _objects(s3, "bucket/locks")
