@@ -7,8 +7,12 @@ the real CLI, with
   PID): every checkpoint uploaded by the trial, every record, table and the Optuna study copied by the
   driver, a forced Ray snapshot uploaded after each checkpoint;
 interleaved round by round (local, s3, s3, local, ...). Prints each launch's wall time, the median of
-the per-round s3/local ratios with its range, and the driver's forced-snapshot time (count, seconds)
-from its final event. Each launch runs its own local Ray, as a user's does.
+the per-round s3/local ratios with its range, and from the driver's final event the time spent on
+storage: forced snapshots after checkpoints (count, seconds), copying checkpoints into the run
+directory (``collect``), writing and uploading the tables, copying the Optuna study, and the trials'
+time inside ``tune.report`` (the checkpoint's copy into the run's storage, on the worker). Each launch
+runs its own local Ray, as a user's does. On a loaded machine the wall times move by ±30% between
+launches of the same contender; the storage seconds are the less noisy measure of the cost.
 
     .venv/bin/python bench/storage.py --rounds 3 --epochs 2 --train-size 2000 --val-size 500
 """
@@ -70,7 +74,8 @@ def _launch(run_dir: str, a: argparse.Namespace, env: dict[str, str]) -> dict:
     last = events[-1] if events else {}
     if res.returncode != 0 or last.get("event") != "finished":
         raise RuntimeError(f"{run_dir}: exit {res.returncode}\n{res.stderr[-3000:]}")
-    return {"wall_s": wall, "snapshots": last.get("snapshots"), "counts": last.get("counts")}
+    return {"wall_s": wall, "snapshots": last.get("snapshots"), "storage_s": last.get("storage_s"),
+            "counts": last.get("counts")}
 
 
 def main() -> None:
@@ -101,8 +106,8 @@ def main() -> None:
             for kind in order:
                 where = str(tmp / f"local-{r}") if kind == "local" else f"s3://bench/round-{r}"
                 got[kind] = _launch(where, a, env)
-                print(f"round {r + 1} {kind:5s}: {got[kind]['wall_s']:6.1f} s  snapshots {got[kind]['snapshots']}",
-                      flush=True)
+                print(f"round {r + 1} {kind:5s}: {got[kind]['wall_s']:6.1f} s  forced snapshots "
+                      f"{got[kind]['snapshots']}  storage work (s) {got[kind]['storage_s']}", flush=True)
             rows.append({**got, "ratio": got["s3"]["wall_s"] / got["local"]["wall_s"]})
     finally:
         with contextlib.suppress(ProcessLookupError):

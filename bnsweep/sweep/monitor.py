@@ -22,6 +22,7 @@ kill tear Ray's own (non-atomic) copy. (On an object store every object is writt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -53,6 +54,8 @@ class SweepMonitor(Callback):
         self.manifests: dict[str, dict[int, str]] = {}  # trial id -> {seed: ended|running} of its last checkpoint
         self.snapshot_seconds: list[float] = []  # measured cost of the forced snapshots after checkpoints
         self._last_snapshot = -math.inf
+        self.storage_seconds: dict[str, float] = {"collect": 0.0, "tables": 0.0, "study_copy": 0.0,
+                                                  "trial_reports": 0.0}
         self.metric, self.mode, self.quiet, self.seed_base = metric, mode, quiet, seed_base
         self.started = time.time()
         self.ended: dict[str, str] = {}  # trial id -> completed | pruned | failed
@@ -154,11 +157,14 @@ class SweepMonitor(Callback):
             return
         from bnsweep.sweep.collect import collect_checkpoint
 
+        t0 = time.perf_counter()
         try:
             states = collect_checkpoint(self.rd, trial.trial_id, checkpoint)
         except Exception as e:  # record keeping must never kill the sweep
             self._emit("warning", message=f"could not read trial {trial.trial_id}'s checkpoint: {e}")
             return
+        finally:
+            self.storage_seconds["collect"] += time.perf_counter() - t0
         if states:
             self.manifests[trial.trial_id] = states
             self._table_pending = True
@@ -217,6 +223,8 @@ class SweepMonitor(Callback):
 
     def _ended(self, trial: Any, status: str, trials: list[Any]) -> None:
         self.running.discard(trial.trial_id)
+        with contextlib.suppress(TypeError, ValueError):
+            self.storage_seconds["trial_reports"] += float((trial.last_result or {}).get("report_seconds") or 0)
         self.ended[trial.trial_id] = status
         if trial.trial_id in self._trial_start:
             self._durations.append(time.time() - self._trial_start.pop(trial.trial_id))
@@ -237,6 +245,7 @@ class SweepMonitor(Callback):
         try:
             write_results_table(self.run_dir)
             self.rd.push(self.rd.table_files())  # an object store: after the records, each table one object
+            self.storage_seconds["tables"] += time.time() - t0
         except Exception as e:
             self._emit("warning", message=f"could not write the results table: {e}")
         self._last_table = time.time()
@@ -250,8 +259,10 @@ class SweepMonitor(Callback):
             return
         from bnsweep.sweep.recovery import publish_optuna_db
 
+        t0 = time.perf_counter()
         try:
             publish_optuna_db(self.rd, self.storage_url)
+            self.storage_seconds["study_copy"] += time.perf_counter() - t0
         except Exception as e:
             self._warn_once("optuna-copy", f"could not copy the Optuna study to {self.rd.uri}: {e}")
 
@@ -353,7 +364,8 @@ class SweepMonitor(Callback):
                    problem=None if outcome.complete or not outcome.finished else
                    f"{outcome.counts.get('failed', 0)} configuration(s) failed, {outcome.counts.get('lost', 0)} lost "
                    f"(see `bnsweep status {self.rd.uri}`)",
-                   snapshots={"count": len(self.snapshot_seconds), "seconds": round(sum(self.snapshot_seconds), 3)})
+                   snapshots={"count": len(self.snapshot_seconds), "seconds": round(sum(self.snapshot_seconds), 3)},
+                   storage_s={k: round(v, 3) for k, v in self.storage_seconds.items()})
 
     def _emit(self, event: str, **fields: Any) -> None:
         if self.quiet:

@@ -30,6 +30,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ class _Trial:
         self.resumed_at = 0
         self.code_failures = 0
         self.failed_reason: str | None = None
+        self.report_seconds = 0.0  # time in tune.report: the checkpoint's copy into the run's storage
 
     # ---------------------------------------------------------------- set-up
     def _restore(self) -> dict[str, Any]:
@@ -286,7 +288,10 @@ class _Trial:
             self.resumed_at = 0  # said once per attempt
         if self.failed_reason is not None:
             metrics[FAILED_KEY] = self.failed_reason
+        metrics["report_seconds"] = self.report_seconds  # (reports before this one: their checkpoints' uploads)
+        t0 = time.perf_counter()
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self.ckpt)))
+        self.report_seconds += time.perf_counter() - t0
 
 
 def result_from_history(resolved: dict[str, Any], seed: int, *, status: str, reason: str,
