@@ -40,6 +40,7 @@ from typing import Any
 
 from bnsweep.base.meta import now_iso
 from bnsweep.store.fs import Location, LocationError, check_reachable, parse_location
+from bnsweep.store.records import FAILURE_FILE, LOST_FILE, RESULT_FILE, START_FILE, STATE_FILE, WEIGHTS_FILE
 
 LOCK_NAME = ".lock"
 
@@ -233,31 +234,31 @@ class ReplicateFiles:
 
     @property
     def result(self) -> Path:  # the final record: its presence means the replicate ended
-        return self.dir / "result.json"
+        return self.dir / RESULT_FILE
 
     @property
     def weights(self) -> Path:
-        return self.dir / "final_weights.npz"
+        return self.dir / WEIGHTS_FILE
 
     @property
     def started(self) -> Path:
-        return self.dir / "started.json"
+        return self.dir / START_FILE
 
     @property
     def failure(self) -> Path:  # written by workers of older versions only; still read
-        return self.dir / "failure.json"
+        return self.dir / FAILURE_FILE
 
     @property
     def lost(self) -> Path:  # the driver could find neither a record nor a checkpoint of the replicate
-        return self.dir / "lost.json"
+        return self.dir / LOST_FILE
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.dir / "checkpoint"
+        return (self.dir / STATE_FILE).parent
 
     @property
     def state(self) -> Path:  # progress (epoch history) while it runs; copied by the driver from Ray's checkpoint
-        return self.checkpoint_dir / "state.json"
+        return self.dir / STATE_FILE
 
 
 class RunDir:
