@@ -12,6 +12,17 @@ from wherever the trial ran) becomes records of the run directory.
 
 For a URI run directory each file is written to the driver's local copy and uploaded as one object,
 the ``result.json`` after the files it names.
+
+>>> import json, tempfile, pathlib
+>>> from ray.tune import Checkpoint
+>>> src = pathlib.Path(tempfile.mkdtemp()); (src / "seed-0").mkdir()
+>>> _ = (src / "bnsweep.json").write_text(json.dumps({"replicates": {"0": "ended"}}))
+>>> _ = (src / "seed-0" / "result.json").write_text('{"status": "completed"}')
+>>> rd = RunDir(tempfile.mkdtemp())
+>>> collect_checkpoint(rd, "t1", Checkpoint.from_directory(str(src)))
+{0: 'ended'}
+>>> rd.replicate("t1", 0).result.read_text()
+'{"status": "completed"}'
 """
 
 from __future__ import annotations
