@@ -367,8 +367,9 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
                     run_config=tune.RunConfig(
                         name=RunDir.RAY, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
                         callbacks=[monitor],
-                        # the newest 2 per trial: a restore after a crash may name the one before the newest
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                        # the newest 3 per trial: Ray's state (snapshotted at least every 2nd checkpoint of a
+                        # trial, sweep/monitor.py) then never names only deleted ones after a crash
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
                         # a worker or node that dies is the environment's fault, retried whatever `retries`
                         # says; the trial's own failures are retried by the trainable (`retries` times)
                         failure_config=tune.FailureConfig(max_failures=ENVIRONMENT_RETRIES)),

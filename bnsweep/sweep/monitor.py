@@ -39,7 +39,8 @@ from bnsweep.sweep.recovery import BACKUP_DIR
 
 TABLE_INTERVAL_S = 5.0  # rewrite the results table at most this often while trials end (always at the end)
 # after a checkpoint, snapshot Ray's experiment state unless one was taken this recently (a trial start's,
-# another checkpoint's): a restore then resumes from a checkpoint at most this much older than the newest
+# another checkpoint's) and it knows the trial's previous checkpoint: a restore then resumes from the newest
+# checkpoint or the one before (kept: CheckpointConfig(num_to_keep=3))
 SNAPSHOT_MIN_INTERVAL_S = 2.0
 
 
@@ -54,6 +55,7 @@ class SweepMonitor(Callback):
         self.manifests: dict[str, dict[int, str]] = {}  # trial id -> {seed: ended|running} of its last checkpoint
         self.snapshot_seconds: list[float] = []  # measured cost of the forced snapshots after checkpoints
         self._last_snapshot = -math.inf
+        self._checkpoints_since_snapshot: dict[str, int] = {}  # trial id -> checkpoints registered since
         self.storage_seconds: dict[str, float] = {"collect": 0.0, "tables": 0.0, "study_copy": 0.0,
                                                   "trial_reports": 0.0}
         self.metric, self.mode, self.quiet, self.seed_base = metric, mode, quiet, seed_base
@@ -99,7 +101,13 @@ class SweepMonitor(Callback):
 
     def on_trial_save(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         # the checkpoint is registered now: snapshot, so a restore after a crash resumes from it
-        if self.snapshot_after_checkpoint and time.monotonic() - self._last_snapshot >= SNAPSHOT_MIN_INTERVAL_S:
+        # Ray keeps the newest 3 checkpoints of a trial (driver.py) and deletes the oldest as a new one is
+        # registered: so that the state never names only deleted ones, it is snapshotted after a trial's
+        # second checkpoint since the last snapshot whatever the interval (it then lags by at most one)
+        since = self._checkpoints_since_snapshot.get(trial.trial_id, 0) + 1
+        self._checkpoints_since_snapshot[trial.trial_id] = since
+        if self.snapshot_after_checkpoint and (since >= 2 or time.monotonic() - self._last_snapshot
+                                               >= SNAPSHOT_MIN_INTERVAL_S):
             t0 = time.perf_counter()
             self._snapshot()
             self.snapshot_seconds.append(time.perf_counter() - t0)
@@ -275,9 +283,10 @@ class SweepMonitor(Callback):
                                         "a kill -9 in the next seconds may make resume sample a trial again")
             return
         self._controller = c
-        self._last_snapshot = time.monotonic()
         try:
             ray_compat.snapshot_experiment(c)
+            self._last_snapshot = time.monotonic()
+            self._checkpoints_since_snapshot.clear()
             if not self.rd.is_remote:
                 staging, state_name = ray_compat.experiment_staging(c)
                 self._backup(Path(staging), state_name)
