@@ -923,6 +923,7 @@ SCALE_TRIALS = int(os.environ.get("BNSWEEP_SCALE_TRIALS", "300"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # ~5 min on a quiet 2-core machine; 192 trials took 14 min under a load of 20-30
 def test_scale_sweep_of_many_tiny_trials_keeps_every_row_and_bounded_driver_memory(ray_local, tmp_path):
     n = SCALE_TRIALS
     spec = load_spec(_spec_file(tmp_path, f"""
