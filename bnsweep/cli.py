@@ -4,6 +4,15 @@ Bad input (spec, data files, arguments, run directories) ends in one line per pr
 and exit status 2, never a traceback; Ctrl-C ends a launch cleanly with how to resume (status 130;
 SIGTERM likewise, status 143).
 
+Every verb that takes a run directory (``launch --run-dir``, ``resume``, ``status``, ``export``,
+``plot``) takes a local or NFS path or a URI: ``s3://BUCKET/PREFIX``, ``gs://...``, or any fsspec
+filesystem (credentials and endpoints from the usual environment variables, e.g. ``AWS_ENDPOINT_URL_S3``).
+
+Exit status of ``launch`` and ``resume``: 0 the sweep finished and every configuration completed,
+was pruned or diverged; 3 it finished, but some work failed (a trial's code raised after its retries,
+or Ray gave up on it) or was lost (a replicate of which neither a record nor a checkpoint could be
+found): ``bnsweep status RUN_DIR`` lists them; 2 bad input; 130 Ctrl-C; 143 SIGTERM (resume then).
+
 >>> main(["plan", "no/such/spec.yaml"])  # doctest: +SKIP
 no/such/spec.yaml: no such file
 2
@@ -22,6 +31,7 @@ from typing import Any
 from bnsweep.base.text import printable
 
 EXIT_BAD_INPUT = 2
+EXIT_INCOMPLETE = 3  # finished, with failed or lost work
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
@@ -126,7 +136,7 @@ def _options(args: argparse.Namespace, spec: Any = None) -> Any:
         print(f"warning: the Ray dashboard will listen on {args.dashboard_host}: anyone who can reach it can "
               "submit jobs and run code on this machine (the 2023 'ShadowRay' attacks on exposed Ray). "
               "Keep it behind a firewall or SSH tunnel; Ray's token authentication stays on.", file=sys.stderr)
-    return LaunchOptions(run_dir=Path(args.run_dir) if getattr(args, "run_dir", None) else None,
+    return LaunchOptions(run_dir=getattr(args, "run_dir", None) or None,  # a path or a URI: kept as typed
                          address=args.address, dashboard=not args.no_dashboard,
                          dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port,
                          quiet=args.quiet, storage=args.storage, num_cpus=args.num_cpus)
@@ -154,34 +164,59 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     args.run_dir = str(options.run_dir or default_run_dir(spec))  # for the Ctrl-C message
     outcome = launch(spec, options=options, overrides=_overrides(args))
-    return 0 if outcome.finished else EXIT_INTERRUPTED
+    return _exit_status(outcome)
+
+
+def _exit_status(outcome: Any) -> int:
+    if not outcome.finished:
+        return EXIT_INTERRUPTED
+    return 0 if outcome.complete else EXIT_INCOMPLETE
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from bnsweep.sweep.driver import resume
 
-    outcome = resume(Path(args.run_dir), options=_options(args))
-    return 0 if outcome.finished else EXIT_INTERRUPTED
+    outcome = resume(args.run_dir, options=_options(args))
+    return _exit_status(outcome)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bnsweep.report.status import format_status, sweep_status
 
-    st = sweep_status(Path(args.run_dir))
+    st = sweep_status(args.run_dir)
     print(json.dumps(st, default=str) if args.json else format_status(st))
     return 0
 
 
-def _check_run_dirs(paths: list[str]) -> None:
-    """export/plot read run directories or results tables: anything else is named, not read as empty."""
+def _local_run_dirs(paths: list[str], *, weights: bool = False) -> list[Path]:
+    """export/plot read run directories or results tables: anything else is named, not read as empty.
+    A URI's records and tables (and, for ``weights``, trained weights) are downloaded into this
+    machine's cache first; the local copies are returned."""
+    from bnsweep.store.fs import is_uri
+
+    out = []
     for d in paths:
+        if is_uri(d):
+            from bnsweep.sweep.driver import open_run_dir
+
+            rd = open_run_dir(d)
+            rd.check_reachable()
+            tables = [rd.rel(t) for t in rd.table_files()]
+            if not any(rd.exists_remote(n) for n in (rd.SWEEP_JSON, *tables)):
+                raise _Bad(f"{d}: not a bnsweep run directory (no sweep.json or results table there)")
+            suffixes = (".json", ".yaml", ".parquet", ".csv") + ((".npz",) if weights else ())
+            rd.pull(prefixes=(rd.SWEEP_JSON, rd.SPEC_YAML, *tables, rd.TRIALS + "/"), suffixes=suffixes)
+            out.append(rd.local)
+            continue
         p = Path(d)
         if p.is_dir() and not any((p / n).exists() for n in ("sweep.json", "trials", "results.parquet", "results.csv")):
             raise _Bad(f"{d}: not a bnsweep run directory (no sweep.json, trials/ or results table)")
+        out.append(p)
+    return out
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    _check_run_dirs(args.run_dirs)
+    run_dirs = _local_run_dirs(args.run_dirs)
     out_arg = Path(args.out) if args.out else None
     try:
         if args.scorecard or args.expect:
@@ -190,7 +225,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             if args.format == "parquet":
                 raise _Bad("--scorecard: --format must be markdown, latex or csv")
             expectations = read_expectations(args.expect) if args.expect else None
-            out: Any = scorecard([Path(d) for d in args.run_dirs], fmt=args.format, out=out_arg,
+            out: Any = scorecard(run_dirs, fmt=args.format, out=out_arg,
                                  expectations=expectations, caption=args.caption, label=args.label)
         else:
             from bnsweep.analysis.tables import export
@@ -200,7 +235,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                       "caption": args.caption, "label": args.label}
             if group_by:
                 kwargs["group_by"] = group_by
-            out = export([Path(d) for d in args.run_dirs], **kwargs)
+            out = export(run_dirs, **kwargs)
     except (ValueError, KeyError) as e:  # bad --group-by/--metric/--format, not a results table, empty tables
         raise _Bad(e.args[0] if e.args else type(e).__name__) from None
     print(out if isinstance(out, str) else f"wrote {out}")
@@ -210,10 +245,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from bnsweep.analysis.compare import compare
 
-    _check_run_dirs(args.run_dirs)
+    run_dirs = _local_run_dirs(args.run_dirs)
     ignore = tuple(k.strip() for k in args.ignore.split(",") if k.strip()) if args.ignore else ()
     try:
-        out = compare([Path(d) for d in args.run_dirs], by=args.by, baseline=args.baseline, metric=args.metric,
+        out = compare(run_dirs, by=args.by, baseline=args.baseline, metric=args.metric,
                       fmt=args.format, out=Path(args.out) if args.out else None, caption=args.caption,
                       label=args.label, confidence=args.confidence, n_boot=args.bootstrap, ignore=ignore,
                       across=args.across)
@@ -225,14 +260,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from bnsweep.analysis.plots import plot
+    from bnsweep.store.fs import is_uri
 
-    _check_run_dirs(args.run_dirs)
-    out_dir = Path(args.out) if args.out else Path(args.run_dirs[0]) / "plots"
+    run_dirs = _local_run_dirs(args.run_dirs, weights=True)
+    out_dir = Path(args.out) if args.out else run_dirs[0] / "plots"
     try:
-        paths = plot([Path(d) for d in args.run_dirs], kind=args.kind, out_dir=out_dir,
+        paths = plot(run_dirs, kind=args.kind, out_dir=out_dir,
                      trials=args.trials.split(",") if args.trials else None)
     except (ValueError, KeyError) as e:  # nothing to plot, unknown trial ids
         raise _Bad(e.args[0] if e.args else type(e).__name__) from None
+    if not args.out and is_uri(args.run_dirs[0]):  # default: RUN_DIR/plots, in the run's store too
+        from bnsweep.sweep.driver import open_run_dir
+
+        rd = open_run_dir(args.run_dirs[0])
+        for p in paths:
+            p = Path(p)
+            if p.is_file():
+                rd.push([p])
+                print(f"wrote {rd.shown(p)} (and {p})")
+        return 0
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -277,16 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("launch", help="run a sweep")
     spec_args(q)
     ray_args(q)
-    q.add_argument("--run-dir", help="default runs/<spec name>")
+    q.add_argument("--run-dir", help="a path or a URI (s3://BUCKET/PREFIX, gs://..., any fsspec filesystem); "
+                                     "default runs/<spec name>")
     q.set_defaults(func=cmd_launch)
 
     q = sub.add_parser("resume", help="continue a sweep after a crash or Ctrl-C")
-    q.add_argument("run_dir")
+    q.add_argument("run_dir", help="the run directory: a path or a URI (s3://BUCKET/PREFIX, ...)")
     ray_args(q)
     q.set_defaults(func=cmd_resume)
 
     q = sub.add_parser("status", help="progress table of a running or finished sweep")
-    q.add_argument("run_dir")
+    q.add_argument("run_dir", help="the run directory: a path or a URI (s3://BUCKET/PREFIX, ...)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_status)
 
@@ -332,6 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _holds_sweep(where: str) -> bool:
+    """Whether the run directory ``where`` (a path or URI) has its sweep files (the driver's copy)."""
+    try:
+        from bnsweep.store.rundir import RunDir
+
+        return RunDir(where).sweep_json.exists()
+    except Exception:
+        return False
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) if str(e) else type(e).__name__
     return printable(text[:2000])
@@ -344,7 +401,8 @@ def _broken_pipe() -> int:  # `bnsweep plan X | head`
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one verb; returns the exit status (0 done, 2 bad input, 130 Ctrl-C, 143 SIGTERM)."""
+    """Run one verb; returns the exit status (0 done, 2 bad input, 3 finished with failed or lost work,
+    130 Ctrl-C, 143 SIGTERM)."""
     try:
         return _main(argv)
     except KeyboardInterrupt:  # while the verb's modules import, before the verb's own handling below
@@ -358,6 +416,7 @@ def _main(argv: list[str] | None) -> int:
     from bnsweep.engine.data import DataError
     from bnsweep.spec.errors import ConfigError
     from bnsweep.spec.sweep_spec import SpecError
+    from bnsweep.store.fs import LocationError
     from bnsweep.store.rundir import RunDirError
 
     args = build_parser().parse_args(argv)
@@ -378,7 +437,7 @@ def _main(argv: list[str] | None) -> int:
         for problem in e.problems:
             print(printable(str(problem)), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (_Bad, ConfigError, DataError, RunDirError) as e:
+    except (_Bad, ConfigError, DataError, RunDirError, LocationError) as e:
         print(f"bnsweep {args.verb}: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except yaml.YAMLError as e:  # the spec reader should turn these into problems; never a traceback
@@ -394,7 +453,7 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         where = getattr(args, "run_dir", None)
         what = "terminated (SIGTERM)" if interrupts.terminated() else "interrupted"
-        if args.verb == "launch" and not (where and (Path(where) / "sweep.json").exists()):
+        if args.verb == "launch" and not (where and _holds_sweep(where)):
             print(f"\n{what} before the sweep started; nothing was written. Launch it again.", file=sys.stderr)
         elif args.verb in ("launch", "resume"):
             print(f"\n{what}. Nothing finished is lost; continue with: bnsweep resume {where or 'RUN_DIR'}",

@@ -1,5 +1,6 @@
 """``bnsweep status RUN_DIR``: a progress table for a running or finished sweep (reads the run
-directory only; no Ray needed).
+directory only; no Ray needed). ``RUN_DIR`` may be a URI (``s3://bucket/prefix`` ...): its records and
+progress are downloaded into this machine's cache first.
 
 >>> sweep_status  # doctest: +ELLIPSIS
 <function sweep_status at ...>
@@ -10,17 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bnsweep.store.rundir import RunLock, read_sweep_json
+from bnsweep.store.fs import LocationError
+from bnsweep.store.rundir import RunDir, RunDirError, lock_for, read_sweep_json
 
 
-def sweep_status(run_dir: Path) -> dict[str, Any]:
+def sweep_status(run_dir: str | Path | RunDir) -> dict[str, Any]:
     from bnsweep.store.table import load_results
 
-    info = read_sweep_json(run_dir)
-    lock = RunLock(run_dir)
-    holder = lock.holder() if lock.path.exists() else None
+    try:
+        rd = RunDir.of(run_dir)
+    except LocationError as e:
+        raise RunDirError(str(e)) from None
+    if rd.is_remote:
+        rd.check_reachable()
+        rd.pull_records()
+    info = read_sweep_json(rd)
+    lock = lock_for(rd)
+    holder = lock.holder() if rd.is_remote or lock.path.exists() else None
     running = holder is not None and not lock.is_stale(holder)
-    df = load_results(run_dir)
+    df = load_results(rd.local)
     metric = info.get("metric", {}).get("name", "val_accuracy")
     goal = info.get("metric", {}).get("goal", "maximize")
     col = {"val_accuracy": "val_accuracy_final", "val_loss": "val_loss_final"}.get(metric, "val_accuracy_final")
@@ -40,7 +49,8 @@ def sweep_status(run_dir: Path) -> dict[str, Any]:
             trials.append(row)
     scored = [t for t in trials if t.get(metric) is not None]
     best = (max if goal == "maximize" else min)(scored, key=lambda t: t[metric]) if scored else None
-    return {"name": info.get("name"), "run_dir": str(run_dir), "running": running, "holder": holder,
+    return {"name": info.get("name"), "run_dir": rd.uri if rd.is_remote else str(run_dir), "running": running,
+            "holder": holder,
             "created": info.get("created"), "replicates": info.get("replicates"), "metric": metric,
             "counts": counts, "trials": trials, "best": best}
 

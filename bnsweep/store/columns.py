@@ -27,7 +27,7 @@ _HEAD: dict[str, tuple[str, str]] = {
     "seed": ("Int64", "the replicate's seed (model init, data order, augmentation)"),
     "config_hash": ("str", "12-hex hash of the full trial config (seed included)"),
     "group_hash": ("str", "config hash ignoring the seed: replicates of one configuration share it"),
-    "status": ("str", "completed / pruned / diverged / failed / running"),
+    "status": ("str", "completed / pruned / diverged / failed / lost / running"),
     "reason": ("str", "why it ended that way (missing when completed)"),
 }
 

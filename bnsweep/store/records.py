@@ -1,12 +1,16 @@
 """One replicate's files in the run directory: its start record, its final record and its trained weights.
 
-Every replicate (one trial configuration × one seed) writes its own record when it ends::
+Every replicate (one trial configuration × one seed) has its record when it ends::
 
     trials/<trial_id>/seed-<seed>/result.json        the final record (``save_trial_record``)
     trials/<trial_id>/seed-<seed>/final_weights.npz  the trained network (keys: variable path, "/" -> ":")
     trials/<trial_id>/seed-<seed>/started.json       config + provenance at start (``save_trial_start``)
     trials/<trial_id>/seed-<seed>/checkpoint/state.json   per-epoch progress while it runs (engine/trial.py)
-    trials/<trial_id>/seed-<seed>/failure.json       an exception that ended it (the trainable)
+    trials/<trial_id>/seed-<seed>/lost.json          the driver found neither its record nor a checkpoint
+    trials/<trial_id>/seed-<seed>/failure.json       an exception that ended it (run directories of older versions)
+
+The trial's worker writes the same files (``write_trial_record``, ``write_trial_start``) into the
+checkpoint it reports to Ray Tune; the driver copies them into the run directory (sweep/collect.py).
 
 Non-finite floats (a diverged run's NaN loss) are kept as JSON ``NaN`` in ``result.json`` (Python's
 ``json`` reads them back).
@@ -42,6 +46,9 @@ START_FILE = "started.json"
 FAILURE_FILE = "failure.json"
 
 
+LOST_FILE = "lost.json"
+
+
 STATE_FILE = Path("checkpoint") / "state.json"
 
 
@@ -71,7 +78,13 @@ def save_trial_start(run_dir: str | Path, *, trial_id: str, seed: int, replicate
     """Record a replicate's config when it starts (``started.json``), so a running or crashed
     replicate shows its hyperparameters in the table. Optional: without it the config of a running
     replicate is taken from a finished sibling seed of the same trial."""
-    d = _seed_dir(run_dir, trial_id, seed)
+    return write_trial_start(_seed_dir(run_dir, trial_id, seed), trial_id=trial_id, seed=seed, replicate=replicate,
+                             config=config, meta=meta)
+
+
+def write_trial_start(d: Path, *, trial_id: str, seed: int, replicate: int,
+                      config: Mapping[str, Any] | TrialConfig, meta: Mapping[str, Any]) -> Path:
+    """``save_trial_start`` into the replicate directory ``d`` (the run directory's, or a checkpoint's)."""
     cfg = (config if isinstance(config, TrialConfig) else TrialConfig.from_dict(dict(config))).to_dict()
     record = {"sweep": meta.get("sweep"), "trial_id": str(trial_id), "replicate": int(replicate),
               "seed": int(seed), "spec_hash": meta.get("spec_hash"), "git_commit": meta.get("git_commit"),
@@ -90,7 +103,14 @@ def save_trial_record(run_dir: str | Path, *, trial_id: str, seed: int, replicat
     comes with its weights; both are written to a temporary file, fsynced and renamed.
     Returns the path of ``result.json``.
     """
-    d = _seed_dir(run_dir, trial_id, seed)
+    return write_trial_record(_seed_dir(run_dir, trial_id, seed), trial_id=trial_id, seed=seed, replicate=replicate,
+                              result=result, net=net, meta=meta)
+
+
+def write_trial_record(d: Path, *, trial_id: str, seed: int, replicate: int, result: Any, net: Any = None,
+                       meta: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Path:
+    """``save_trial_record`` into the replicate directory ``d`` (the run directory's, or a checkpoint's);
+    ``extra`` fields (e.g. a failure's traceback) are added to the record."""
     d.mkdir(parents=True, exist_ok=True)
     body = result.as_dict() if hasattr(result, "as_dict") else dict(result)
     weights = None
@@ -103,7 +123,7 @@ def save_trial_record(run_dir: str | Path, *, trial_id: str, seed: int, replicat
     record = {"sweep": meta.get("sweep"), "trial_id": str(trial_id), "replicate": int(replicate),
               "seed": int(seed), "spec_hash": meta.get("spec_hash"), "git_commit": meta.get("git_commit"),
               "versions": dict(versions), "started_at": meta.get("started_at"), "finished_at": now_iso(),
-              **body, "final_weights": weights}
+              **body, "final_weights": weights, **dict(extra or {})}
     _atomic_json(d / RESULT_FILE, record)
     return d / RESULT_FILE
 

@@ -25,10 +25,10 @@ import pandas as pd
 from bnsweep.base.atomic import atomic_write as _atomic_write
 from bnsweep.spec.config import ModelConfig, TrialConfig, config_hash, flatten
 from bnsweep.store.columns import COLUMNS, HISTORY_COLUMNS, STR
-from bnsweep.store.records import FAILURE_FILE, RESULT_FILE, START_FILE, STATE_FILE, read_json
+from bnsweep.store.records import FAILURE_FILE, LOST_FILE, RESULT_FILE, START_FILE, STATE_FILE, read_json
 
 TABLE_FILES = ("results.parquet", "results.csv", "history.parquet", "history.csv")
-STATUSES = ("completed", "pruned", "diverged", "failed", "running")
+STATUSES = ("completed", "pruned", "diverged", "failed", "lost", "running")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,7 +220,8 @@ def _replicates(run_dir: Path) -> list[_Replicate]:
     for trial_id, seed, sdir in pending:
         state = read_json(sdir / STATE_FILE)
         failure = read_json(sdir / FAILURE_FILE)
-        if state is None and failure is None:
+        lost = read_json(sdir / LOST_FILE)
+        if state is None and failure is None and lost is None:
             continue  # not started (or started and not through one epoch): absent
         start = read_json(sdir / START_FILE) or {}
         rec: dict[str, Any] = {k: start.get(k) for k in
@@ -236,7 +237,10 @@ def _replicates(run_dir: Path) -> list[_Replicate]:
         history = [dict(h) for h in (state or {}).get("history") or []]
         rec.update(_progress(history))
         rec["config_hash"] = (state or {}).get("config_hash") or start.get("config_hash")
-        if failure is not None and _mtime(sdir / FAILURE_FILE) >= _mtime(sdir / STATE_FILE):
+        if lost is not None:  # the driver found neither its record nor a checkpoint: never invented
+            rec["status"], rec["reason"] = "lost", str(lost.get("reason", ""))
+            rec["finished_at"] = lost.get("at")
+        elif failure is not None and _mtime(sdir / FAILURE_FILE) >= _mtime(sdir / STATE_FILE):
             rec["status"], rec["reason"] = "failed", str(failure.get("reason", ""))
             rec["finished_at"] = failure.get("at")
         else:
@@ -344,8 +348,10 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
 
     Finished replicates come from ``result.json``; replicates still running (or left behind by a
     crash) from ``checkpoint/state.json`` with status ``running``, their epochs and last validation
-    accuracy; replicates whose worker raised from ``failure.json`` (status ``failed``). A replicate
-    with none of these files is absent. Reads only; sorted by trial_id, seed.
+    accuracy; replicates whose worker raised from ``failure.json`` (status ``failed``, older run
+    directories); replicates the driver could not find any record or checkpoint of from ``lost.json``
+    (status ``lost``: nothing about their results is invented). A replicate with none of these files is
+    absent. Reads only; sorted by trial_id, seed.
     """
     run_dir = Path(run_dir)
     return _results_frame(_replicates(run_dir), run_dir)

@@ -15,7 +15,11 @@ W&B host, read with wandb's own helper); otherwise it writes offline runs. An ex
 in the environment is honoured in ``auto``. ``wandb: false`` or ``mode: disabled`` turns tracking into
 a no-op that never imports wandb.
 
-**Where files go.** Everything lands in the run directory: runs in ``<run_dir>/wandb/offline-run-*``
+**Where files go.** A trial's runs are written where the trial runs (``run_dir`` is then the trial's
+scratch directory on its worker); finished, each offline run travels in the trial's checkpoint through
+Ray's storage and the driver copies it into the sweep's run directory (``RUN_DIR/wandb/offline-run-*``,
+on an object store too: download it, then ``wandb sync``). Everything lands in ``run_dir``: runs in
+``<run_dir>/wandb/offline-run-*``
 (or ``run-*`` when online), and wandb's cache, config and data directories (artifact staging, the
 ``wandb-core`` debug log) in ``<run_dir>/wandb/.cache``, ``.config`` and ``.data``, unless
 ``WANDB_CACHE_DIR``/``WANDB_CONFIG_DIR``/``WANDB_DATA_DIR`` are already set. Nothing goes to

@@ -2,7 +2,13 @@
 
 ``launch`` starts (or joins) Ray, loads the data once into the object store, and runs the sweep;
 ``resume`` continues one after Ctrl-C or ``kill -9`` (finished trials are kept, never re-run; the
-Optuna study continues from its SQLite storage).
+Optuna study continues from its SQLite storage), from this machine or, for a run directory on an object
+store, from any other with an empty cache.
+
+The run directory is anywhere (``RunDir``: a local or NFS path, ``s3://``, ``gs://``, any fsspec URI)
+and Ray Tune's storage is the run directory itself: trials hand their metrics and checkpoints (with
+their final records inside) to Ray Tune, which stores them there from whichever node they ran on; the
+driver alone writes the run directory's records and tables from them (sweep/monitor.py, collect.py).
 
 Every search method goes through Optuna with a define-by-run space (conditional LR-schedule
 parameters): ``tpe``/``random``/``cmaes`` samplers, and for ``grid`` a sampler that hands out the
@@ -24,11 +30,18 @@ from typing import Any
 from bnsweep.base import interrupts
 from bnsweep.base.atomic import atomic_write_text
 from bnsweep.base.meta import git_commit, now_iso
-from bnsweep.store.rundir import RunDirError, RunLock, read_sweep_json
+from bnsweep.store.fs import LocationError
+from bnsweep.store.rundir import RunDir, RunDirError, lock_for, read_sweep_json
 from bnsweep.sweep.options import LaunchOptions, Outcome
-from bnsweep.sweep.packing import choose_packing
 from bnsweep.sweep.raystart import cleanup_ray_staging, keep_credentials_out_of_ray_logs, start_ray
-from bnsweep.sweep.recovery import check_ray_state, fail_stale_optuna_trials
+from bnsweep.sweep.recovery import (
+    check_ray_state,
+    check_ray_storage,
+    default_storage_url,
+    fail_stale_optuna_trials,
+    fetch_run_dir,
+    publish_optuna_db,
+)
 from bnsweep.sweep.searcher import STUDY_NAME, make_scheduler, make_search
 
 
@@ -36,68 +49,107 @@ def default_run_dir(spec: Any) -> Path:
     return Path("runs") / spec.name
 
 
+def open_run_dir(location: str | os.PathLike[str] | RunDir) -> RunDir:
+    """The ``RunDir`` of a path or URI; a location that cannot be one is a ``RunDirError`` (one line)."""
+    if isinstance(location, RunDir):
+        return location
+    try:
+        return RunDir(location)
+    except LocationError as e:
+        raise RunDirError(str(e)) from None
+
+
 def launch(spec: Any, *, options: LaunchOptions, overrides: dict[str, Any] | None = None) -> Outcome:
     """Run ``spec`` into a new run directory (refused if the directory already holds a sweep).
 
     The data, a given Optuna storage and Ray are checked and started before anything is written, so
     bad input leaves no half-made run directory behind."""
-    run_dir = Path(options.run_dir or default_run_dir(spec)).resolve()
-    _refuse_if_holds_sweep(run_dir)
-    created = not run_dir.exists()
+    rd = open_run_dir(options.run_dir or default_run_dir(spec))
+    rd.check_reachable()
+    _refuse_if_holds_sweep(rd)
+    created = not rd.local.exists()
     try:
-        with RunLock(run_dir):
-            _refuse_if_holds_sweep(run_dir)  # again, now that no other driver can be writing it
-            storage_url = _storage_url(run_dir, options, spec)
+        with lock_for(rd):
+            _refuse_if_holds_sweep(rd)  # again, now that no other driver can be writing it
+            if rd.is_remote:  # a new sweep at this URI: what an earlier one left in this machine's cache is stale
+                import shutil
+
+                shutil.rmtree(rd.local, ignore_errors=True)
+                created = True
+            storage_url = _storage_url(rd, options, spec)
             if options.storage or spec.storage:
                 _check_storage(storage_url)
             data = _load_fixed_data(spec)
-            return _run(run_dir, spec, options=options, restore=False, data=data,
-                        before_tuner=lambda: _write_run_files(run_dir, spec, overrides or {}, options))
+            return _run(rd, spec, options=options, restore=False, data=data,
+                        before_tuner=lambda: _write_run_files(rd, spec, overrides or {}, options))
     finally:
-        if created and not (run_dir / "sweep.json").exists():
-            _remove_if_empty(run_dir)
+        if created and not rd.sweep_json.exists():
+            _remove_if_empty(rd.local)
 
 
-def resume(run_dir: Path, *, options: LaunchOptions) -> Outcome:
-    """Continue the sweep in ``run_dir`` with the spec saved there.
+def resume(run_dir: Path | str | RunDir, *, options: LaunchOptions) -> Outcome:
+    """Continue the sweep in ``run_dir`` (a path or URI) with the spec saved there.
 
-    The run directory is checked first; what is missing or damaged is named (``RunDirError``)."""
+    The run directory is checked first; what is missing or damaged is named (``RunDirError``). A URI
+    run directory is downloaded into this machine's cache first (records, progress, the Optuna study):
+    a fresh head machine resumes it as well as the one that launched it."""
     from bnsweep.spec.sweep_spec import SpecError, load_spec
 
-    run_dir = Path(run_dir).resolve()
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run directory")
-    info = read_sweep_json(run_dir)
-    spec_file = run_dir / "spec.yaml"
-    with RunLock(run_dir):
+    rd = open_run_dir(run_dir)
+    if rd.is_remote:
+        rd.check_reachable()
+        if not rd.exists_remote(RunDir.SWEEP_JSON):
+            raise RunDirError(f"{rd.uri}: not a bnsweep run directory (no sweep.json); "
+                              "start one with `bnsweep launch SPEC --run-dir URI`")
+    elif not rd.local.is_dir():
+        raise RunDirError(f"{rd.local}: no such run directory")
+    else:
+        read_sweep_json(rd)
+    with lock_for(rd):
+        fetch_run_dir(rd)  # (a URI: into the local copy; under the lock, so no driver writes meanwhile)
+        info = read_sweep_json(rd)
+        spec_file = rd.spec_yaml
+        shown = rd.shown(spec_file)
         if not spec_file.is_file():
-            raise RunDirError(f"{spec_file}: missing; the run directory is damaged (the sweep's spec is gone)")
+            raise RunDirError(f"{shown}: missing; the run directory is damaged (the sweep's spec is gone)")
         try:
             spec = load_spec(spec_file)
         except SpecError as e:
             first = str(e.problems[0]) if e.problems else str(e)
-            raise RunDirError(f"{spec_file}: no longer a valid spec ({first}); it was edited or damaged since the "
+            raise RunDirError(f"{shown}: no longer a valid spec ({first}); it was edited or damaged since the "
                               "sweep started: restore it, or launch anew") from None
         if spec.spec_hash() != info.get("spec_hash"):
-            raise RunDirError(f"{spec_file}: changed since the sweep started (spec hash {spec.spec_hash()}, "
+            raise RunDirError(f"{shown}: changed since the sweep started (spec hash {spec.spec_hash()}, "
                               f"the sweep was started with {info.get('spec_hash')}); restore it or launch anew")
-        options = dataclasses.replace(options, storage=_resume_storage(run_dir, options, info))
+        options = dataclasses.replace(options, storage=_resume_storage(rd, options, info))
         if options.storage:
             _check_storage(options.storage)
-        _check_optuna_storage(run_dir, _storage_url(run_dir, options, spec))
-        restore = check_ray_state(run_dir)  # last: it may repair a torn snapshot
-        return _run(run_dir, spec, options=options, restore=restore)
+        _check_optuna_storage(rd, _storage_url(rd, options, spec))
+        # last: it may repair a torn snapshot (a local run directory; a store's objects are whole)
+        restore = check_ray_storage(rd) if rd.is_remote else check_ray_state(rd.local)
+        return _run(rd, spec, options=options, restore=restore)
 
 
-def _refuse_if_holds_sweep(run_dir: Path) -> None:
-    if not (run_dir / "sweep.json").exists():
-        return
+def _refuse_if_holds_sweep(rd: RunDir) -> None:
+    if rd.is_remote:
+        blob = rd.read_remote(RunDir.SWEEP_JSON)
+        if blob is None:
+            return
+        text = blob.decode("utf-8", "replace")
+    else:
+        if not rd.sweep_json.exists():
+            return
+        try:
+            text = rd.sweep_json.read_text()
+        except OSError:
+            text = ""
     try:
-        info = json.loads((run_dir / "sweep.json").read_text())
+        info = json.loads(text)
         what = f"sweep {info.get('name')!r} (started {info.get('created')})"
-    except (OSError, ValueError, AttributeError):
+    except (ValueError, AttributeError):
         what = "a sweep"
-    raise RunDirError(f"{run_dir}: already holds {what}; continue it with `bnsweep resume {_rel(run_dir)}`, "
+    shown = rd.uri if rd.is_remote else _rel(rd.local)
+    raise RunDirError(f"{shown}: already holds {what}; continue it with `bnsweep resume {shown}`, "
                       "or choose another --run-dir")
 
 
@@ -135,19 +187,19 @@ def _check_storage(url: str) -> None:
         raise RunDirError(f"--storage {shown}: cannot open the Optuna storage ({type(e).__name__}: {msg})") from None
 
 
-def _resume_storage(run_dir: Path, options: LaunchOptions, info: dict[str, Any]) -> str | None:
+def _resume_storage(run_dir: RunDir, options: LaunchOptions, info: dict[str, Any]) -> str | None:
     saved = info.get("storage")
     if options.storage:
         if saved and _redact_url(options.storage) != saved:
             raise RunDirError(f"--storage {_redact_url(options.storage)}: not this sweep's Optuna storage ({saved})")
         return options.storage
     if saved and "***@" in saved:
-        raise RunDirError(f"{run_dir}: the sweep's Optuna study is in {saved}, whose password is not kept in the "
+        raise RunDirError(f"{run_dir.uri}: the sweep's Optuna study is in {saved}, whose password is not kept in the "
                           "run directory; pass the full URL again with --storage")
     return saved
 
 
-def _check_optuna_storage(run_dir: Path, url: str) -> None:
+def _check_optuna_storage(run_dir: RunDir, url: str) -> None:
     """The default SQLite study must be readable (a damaged optuna.db is named, not a traceback)."""
     import sqlite3
 
@@ -179,19 +231,20 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-def _write_run_files(run_dir: Path, spec: Any, overrides: dict[str, Any], options: LaunchOptions) -> None:
+def _write_run_files(run_dir: Path | RunDir, spec: Any, overrides: dict[str, Any], options: LaunchOptions) -> None:
     import yaml
 
     from bnsweep.base.meta import library_versions
 
+    rd = RunDir.of(run_dir)
     raw = dict(spec.raw)  # canonical: includes merged, command-line overrides already applied
     raw.pop("include", None)
-    atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    atomic_write_text(rd.spec_yaml, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     from bnsweep.spec.sweep_spec import load_spec
 
-    saved = load_spec(run_dir / "spec.yaml")  # the saved spec must load back to the same sweep
+    saved = load_spec(rd.spec_yaml)  # the saved spec must load back to the same sweep
     if saved.spec_hash() != spec.spec_hash():
-        raise RuntimeError(f"{run_dir / 'spec.yaml'}: the saved spec does not reload to the spec being run "
+        raise RuntimeError(f"{rd.shown(rd.spec_yaml)}: the saved spec does not reload to the spec being run "
                            f"({saved.spec_hash()} != {spec.spec_hash()}); please report this as a bnsweep bug")
     info = {
         "name": spec.name, "spec_hash": saved.spec_hash(), "created": now_iso(), "spec_source": str(spec.source),
@@ -200,7 +253,8 @@ def _write_run_files(run_dir: Path, spec: Any, overrides: dict[str, Any], option
         "metric": {"name": spec.metric.name, "goal": spec.metric.goal}, "overrides": overrides,
         "storage": _redact_url(options.storage) if options.storage else None,
     }
-    atomic_write_text(run_dir / "sweep.json", json.dumps(info, indent=2))
+    atomic_write_text(rd.sweep_json, json.dumps(info, indent=2))
+    rd.push([rd.spec_yaml, rd.sweep_json])  # sweep.json last: its presence means a sweep is here
 
 
 def _redact_url(url: str) -> str:
@@ -210,22 +264,8 @@ def _redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def _storage_url(run_dir: Path, options: LaunchOptions, spec: Any) -> str:
-    return options.storage or spec.storage or f"sqlite:///{run_dir / 'optuna.db'}"
-
-
-def _packing(spec: Any, options: LaunchOptions, configurations: int) -> tuple[int, float]:
-    """``choose_packing`` for the Ray this driver is connected to (its CPUs and GPUs; this machine's memory
-    when Ray is local)."""
-    import ray
-
-    from bnsweep.sweep.packing import physical_memory_bytes
-
-    cluster = ray.cluster_resources() if ray.is_initialized() else {}
-    return choose_packing(spec, configurations=configurations,
-                          total_cpus=cluster.get("CPU") or options.num_cpus or os.cpu_count() or 1,
-                          total_gpus=cluster.get("GPU", 0),
-                          memory_bytes=None if options.address else physical_memory_bytes())
+def _storage_url(run_dir: RunDir, options: LaunchOptions, spec: Any) -> str:
+    return options.storage or spec.storage or default_storage_url(run_dir)
 
 
 def _data_is_fixed(spec: Any) -> bool:
@@ -235,7 +275,7 @@ def _data_is_fixed(spec: Any) -> bool:
 _UNLOADED: Any = object()
 
 
-def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, data: Any = _UNLOADED,
+def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: Any = _UNLOADED,
          before_tuner: Any = None) -> Outcome:
     """Start Ray, build the search and run (or restore) the Tuner. ``before_tuner`` (launch: write the
     run files) is called once the data, the storage and Ray are ready, so bad input leaves no run files."""
@@ -243,24 +283,27 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
     from ray import tune
 
     from bnsweep.base.testhooks import pause_for_tests
+    from bnsweep.sweep import ray_compat
     from bnsweep.sweep.monitor import SweepMonitor
     from bnsweep.sweep.searcher import trial_dirname
-    from bnsweep.sweep.trainable import train_configuration
+    from bnsweep.sweep.trainable import ENVIRONMENT_RETRIES, train_configuration
 
     if data is _UNLOADED:
         data = _load_fixed_data(spec)  # once per sweep (None: trials search over data settings)
     data_bytes = 0 if data is None else sum(a.nbytes for a in (data.x_train, data.x_val, data.x_test) if a is not None)
-    storage_url = _storage_url(run_dir, options, spec)
+    rd.local.mkdir(parents=True, exist_ok=True)  # (a URI: the local copy, where the Optuna SQLite study lives)
+    storage_url = _storage_url(rd, options, spec)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress display instead of Ray's tables
-    # a failed trial is reported on one line by the monitor (its traceback is in the run directory's
-    # failure.json and Ray's error.txt), not as a traceback on the terminal
+    # a failed trial is reported on one line by the monitor (its traceback is in its record and Ray's
+    # error.txt), not as a traceback on the terminal
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     started_here = not ray.is_initialized()
     monitor: Any = None
     table = None
+    storage_path, storage_fs = rd.ray_storage()
     try:  # (a Ctrl-C while Ray starts must not leave its processes behind either)
         interrupts.raise_if_pending()  # one the garbage collector swallowed while the data loaded
-        dashboard = start_ray(run_dir, spec, options, data_bytes)
+        dashboard = start_ray(rd, spec, options, data_bytes)
         if started_here and not options.address:
             keep_credentials_out_of_ray_logs()
         # ---- pre-flight (bnsweep.sweep.cluster), Ray connected, nothing written yet: trials no node can run
@@ -268,39 +311,43 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
         # must reach the run directory (and the data, when trials load their own)
         from bnsweep.sweep.cluster import preflight
 
-        flight = preflight(spec, options, run_dir=run_dir)
+        flight = preflight(spec, options, run_dir=rd.uri if rd.is_remote else rd.local)
         # ----
         searcher, n = make_search(spec, storage_url)
         interrupts.raise_if_pending()
         if before_tuner is not None:
             before_tuner()
-        info = read_sweep_json(run_dir)
+        info = read_sweep_json(rd)
         concurrent, cpus = flight.packing.concurrent, flight.packing.cpus_per_trial  # per node (pre-flight)
         meta = {
-            "run_dir": str(run_dir), "sweep": spec.name, "spec_hash": info["spec_hash"],
+            "run_dir": rd.uri, "sweep": spec.name, "spec_hash": info["spec_hash"],
             "git_commit": info.get("git_commit"), "versions": info.get("versions", {}),
             "replicates": spec.replicates, "seed_base": spec.seed, "threads": max(1, math.floor(cpus)),
-            "tracking": dict(spec.tracking),
+            "tracking": dict(spec.tracking), "retries": spec.retries,
         }
         resources = {"cpu": cpus, "gpu": spec.resources.gpu}
         if spec.resources.tpu:
             resources["TPU"] = spec.resources.tpu
         trainable = tune.with_resources(tune.with_parameters(train_configuration, meta=meta, data=data), resources)
-        monitor = SweepMonitor(run_dir=run_dir, total=n, replicates=spec.replicates, metric=spec.metric.name,
-                               mode=spec.metric.mode, quiet=options.quiet, seed_base=spec.seed)
+        monitor = SweepMonitor(run_dir=rd, total=n, replicates=spec.replicates, metric=spec.metric.name,
+                               mode=spec.metric.mode, quiet=options.quiet, seed_base=spec.seed,
+                               storage_url=storage_url)
+        _check_cluster(rd, spec, options)
         monitor.announce(spec=spec, dashboard=dashboard, restored=restore, cpus_per_trial=cpus,
                          concurrent=concurrent)
         try:
             if restore:
+                ray_path = f"{storage_path}/{RunDir.RAY}" if rd.is_remote else str(rd.ray_dir)
                 try:
-                    tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=trainable, resume_unfinished=True,
-                                               resume_errored=True, restart_errored=False)
+                    tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True,
+                                               resume_errored=True, restart_errored=False,
+                                               storage_filesystem=storage_fs)
                 except Exception as e:
-                    raise RunDirError(f"{run_dir / 'ray'}: Ray Tune's saved state cannot be restored "
+                    raise RunDirError(f"{rd.uri}/{RunDir.RAY}: Ray Tune's saved state cannot be restored "
                                       f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
                                       "the run directory is damaged") from None
-                # callbacks are not part of the restored state: re-attach ours
-                tuner._local_tuner._run_config.callbacks = [monitor]  # type: ignore[union-attr]
+                # callbacks are not part of the restored state (the launching driver's are): re-attach ours
+                ray_compat.set_restored_callbacks(tuner, [monitor])
             else:
                 tuner = tune.Tuner(
                     trainable,
@@ -310,8 +357,14 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
                         reuse_actors=True,  # a worker keeps TF/JAX imported between trials
                         trial_dirname_creator=trial_dirname),
                     run_config=tune.RunConfig(
-                        name="ray", storage_path=str(run_dir), verbose=0, callbacks=[monitor],
-                        failure_config=tune.FailureConfig(max_failures=spec.retries)),
+                        name=RunDir.RAY, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
+                        callbacks=[monitor],
+                        # the newest 3 per trial: Ray's state (snapshotted at least every 2nd checkpoint of a
+                        # trial, sweep/monitor.py) then never names only deleted ones after a crash
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+                        # a worker or node that dies is the environment's fault, retried whatever `retries`
+                        # says; the trial's own failures are retried by the trainable (`retries` times)
+                        failure_config=tune.FailureConfig(max_failures=ENVIRONMENT_RETRIES)),
                 )
             interrupts.raise_if_pending()
             tuner.fit()  # (inside, SweepMonitor hands a swallowed Ctrl-C to Ray Tune's handler)
@@ -320,7 +373,9 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
             from bnsweep.store.table import write_results_table
 
             try:
-                table = write_results_table(run_dir)
+                table = write_results_table(rd.local)
+                rd.push(rd.table_files())
+                publish_optuna_db(rd, storage_url)
             except Exception as e:  # never hide the exception that brought us here
                 print(f"warning: could not write the results table: {e}", file=sys.stderr)
     finally:
@@ -331,35 +386,58 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
                                        and _ended_configurations(storage_url) >= monitor.total)
     if finished:
         fail_stale_optuna_trials(storage_url)
-        _log_summary(run_dir, spec)
+        publish_optuna_db(rd, storage_url)
+        _log_summary(rd, spec)
     counts = _counts(table, total=n) if table is not None else monitor.counts()
-    outcome = Outcome(run_dir=run_dir, finished=finished, counts=counts, best=monitor.best())
+    outcome = Outcome(run_dir=rd.uri if rd.is_remote else rd.local, finished=finished, counts=counts,
+                      best=monitor.best())
     monitor.close(outcome)
     return outcome
 
 
+def _check_cluster(rd: RunDir, spec: Any, options: LaunchOptions) -> None:
+    """Before the Tuner starts: the run directory must be reachable from every node of the cluster.
+
+    The pre-flight checks live in ``bnsweep.sweep.cluster`` (another part of the project); this is the
+    hook. TODO(preflight): until ``check_cluster`` exists there, nothing is probed before launch: a run
+    directory a node cannot see is caught by each trial on that node (``StorageUnreachable``: the trial
+    fails with that reason, the sweep ends with exit 3, never a silent table)."""
+    try:
+        from bnsweep.sweep import cluster  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    check = getattr(cluster, "check_cluster", None)
+    if check is not None and options.address:
+        check(run_dir=rd, spec=spec, options=options)
+
+
 def _counts(table: Any, *, total: int) -> dict[str, int]:
     """Configurations by status, from the results table (this session's events miss earlier ones)."""
-    c = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0, "running": 0}
+    c = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0, "lost": 0, "running": 0}
     if len(table):
         for _, statuses in table.groupby("trial_id")["status"]:
             got = set(statuses.dropna())
-            status = next((s for s in ("running", "failed", "diverged", "pruned") if s in got), "completed")
+            status = next((s for s in ("running", "failed", "lost", "diverged", "pruned") if s in got), "completed")
             c[status] += 1
     c["total"] = total
     return c
 
 
-def _log_summary(run_dir: Path, spec: Any) -> None:
-    """The sweep's W&B summary run: results tables and any plots made so far (never raises)."""
+def _log_summary(rd: RunDir, spec: Any) -> None:
+    """The sweep's W&B summary run: results tables and any plots made so far (never raises); for a URI
+    run directory the new offline run is uploaded with the trials' ones."""
     from bnsweep.store.tracking import TrackingConfig, log_sweep_summary
 
     known = set(TrackingConfig.__dataclass_fields__)
     tracking = TrackingConfig(**{k: v for k, v in dict(spec.tracking).items() if k in known})
-    tables = [p for p in (run_dir / "results.csv", run_dir / "history.csv") if p.exists()]
-    plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
-    log_sweep_summary(tracking=tracking, run_dir=run_dir, sweep=spec.name, table_paths=tables, plot_paths=plots,
+    tables = [p for p in (rd.results_table("csv"), rd.history_table("csv")) if p.exists()]
+    plots = sorted(rd.plots_dir.glob("*.png")) if rd.plots_dir.is_dir() else []
+    before = set(rd.wandb_dir.glob("offline-run-*")) | set(rd.wandb_dir.glob("run-*"))
+    log_sweep_summary(tracking=tracking, run_dir=rd.local, sweep=spec.name, table_paths=tables, plot_paths=plots,
                       config=dict(spec.raw))
+    with contextlib.suppress(Exception):
+        for d in sorted((set(rd.wandb_dir.glob("offline-run-*")) | set(rd.wandb_dir.glob("run-*"))) - before):
+            rd.push_tree(d)
 
 
 def _ended_configurations(storage_url: str) -> int:

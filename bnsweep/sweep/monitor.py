@@ -1,23 +1,30 @@
-"""Live progress of a sweep (a Ray Tune callback on the driver) and record keeping on trial end.
+"""Live progress of a sweep (a Ray Tune callback on the driver) and all record keeping: the driver is
+the only writer of the run directory.
 
-On the terminal: one line per event (trial started/ended) plus a status line at most every 10 s:
+On the terminal: one line per event (trial started/ended/retried) plus a status line at most every 10 s:
 done / running / pruned / failed, best so far, ETA. ``quiet=True`` prints JSON lines instead
-(for scripts). When a trial ends without a result for every replicate (pruned by ASHA, or failed
-after its retries) the missing records are written from the last checkpoints, and the results
-table is rewritten (at most every few seconds; always at the end), so a crash loses at most the
-epochs in flight.
+(for scripts). Every checkpoint a trial reports (into the run's storage, from wherever it runs) is
+read at once and its replicates' records and progress copied into the run directory
+(sweep/collect.py). When a trial ends without a record for every replicate, the missing ones are
+recorded from its last checkpoint: ``pruned`` (stopped by ASHA while running), ``failed`` (Ray gave up:
+its error is the reason), or ``lost`` when neither a record nor a checkpoint of the replicate can be
+found (never an invented result). The results table is rewritten (at most every few seconds; always
+at the end), so a crash loses at most the epochs in flight.
 
 Crash safety: Ray Tune snapshots its experiment state (which trials exist, the searcher's state) only
 every 10 s or more. A trial that started after the last snapshot would be unknown to ``resume``: its
 configuration sampled again under a new id, its records orphaned. So when a trial starts, the monitor
-makes Ray write a snapshot at once (before the trial trains) and keeps a copy of it, written
-atomically, in ``ray/.bnsweep-backup`` for ``resume`` to fall back on should a kill tear Ray's own
-(non-atomic) copy.
+makes Ray write a snapshot at once (before the trial trains), and again after every checkpoint (so a
+restored trial resumes from its newest checkpoint, not one up to 10 s older); for a local run directory
+it keeps a copy, written atomically, in ``ray/.bnsweep-backup`` for ``resume`` to fall back on should a
+kill tear Ray's own (non-atomic) copy. (On an object store every object is written whole.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,15 +33,31 @@ from typing import Any
 from ray.tune import Callback
 
 from bnsweep.base import interrupts
+from bnsweep.store.rundir import RunDir
+from bnsweep.sweep import ray_compat
 from bnsweep.sweep.recovery import BACKUP_DIR
 
 TABLE_INTERVAL_S = 5.0  # rewrite the results table at most this often while trials end (always at the end)
+# after a checkpoint, snapshot Ray's experiment state unless one was taken this recently (a trial start's,
+# another checkpoint's) and it knows the trial's previous checkpoint: a restore then resumes from the newest
+# checkpoint or the one before (kept: CheckpointConfig(num_to_keep=3))
+SNAPSHOT_MIN_INTERVAL_S = 2.0
 
 
 class SweepMonitor(Callback):
-    def __init__(self, *, run_dir: Path, total: int, replicates: int, metric: str, mode: str, quiet: bool,
-                 seed_base: int) -> None:
-        self.run_dir, self.total, self.replicates = Path(run_dir), total, replicates
+    def __init__(self, *, run_dir: Path | RunDir, total: int, replicates: int, metric: str, mode: str, quiet: bool,
+                 seed_base: int, storage_url: str | None = None, snapshot_after_checkpoint: bool = True) -> None:
+        self.rd = RunDir.of(run_dir)
+        self.run_dir = self.rd.local  # the driver's copy (the run directory itself when it is local)
+        self.total, self.replicates = total, replicates
+        self.storage_url = storage_url
+        self.snapshot_after_checkpoint = snapshot_after_checkpoint
+        self.manifests: dict[str, dict[int, str]] = {}  # trial id -> {seed: ended|running} of its last checkpoint
+        self.snapshot_seconds: list[float] = []  # measured cost of the forced snapshots after checkpoints
+        self._last_snapshot = -math.inf
+        self._checkpoints_since_snapshot: dict[str, int] = {}  # trial id -> checkpoints registered since
+        self.storage_seconds: dict[str, float] = {"collect": 0.0, "tables": 0.0, "study_copy": 0.0,
+                                                  "trial_reports": 0.0}
         self.metric, self.mode, self.quiet, self.seed_base = metric, mode, quiet, seed_base
         self.started = time.time()
         self.ended: dict[str, str] = {}  # trial id -> completed | pruned | failed
@@ -58,6 +81,7 @@ class SweepMonitor(Callback):
 
     # ---------------------------------------------------------------- Ray Tune hooks
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._publish_study()  # (a URI) the study's copy first: every trial a snapshot names is in it
         self._snapshot()  # before the trial trains: resume must know every trial that wrote anything
         self.running.add(trial.trial_id)
         self._trial_start[trial.trial_id] = time.time()
@@ -66,14 +90,38 @@ class SweepMonitor(Callback):
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
         self._update_best(trial.trial_id, result.get(self.metric))
+        if result.get("resumed_at_epoch"):
+            self._emit("restored", trial=trial.trial_id, from_epoch=result["resumed_at_epoch"],
+                       node=result.get("hostname") or result.get("node_ip"))
         if time.time() - self._last_status > 10:
             self._status(trials)
 
+    def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
+        self._collect(trial, checkpoint)
+
+    def on_trial_save(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        # the checkpoint is registered now: snapshot, so a restore after a crash resumes from it
+        # Ray keeps the newest 3 checkpoints of a trial (driver.py) and deletes the oldest as a new one is
+        # registered: so that the state never names only deleted ones, it is snapshotted after a trial's
+        # second checkpoint since the last snapshot whatever the interval (it then lags by at most one)
+        since = self._checkpoints_since_snapshot.get(trial.trial_id, 0) + 1
+        self._checkpoints_since_snapshot[trial.trial_id] = since
+        if self.snapshot_after_checkpoint and (since >= 2 or time.monotonic() - self._last_snapshot
+                                               >= SNAPSHOT_MIN_INTERVAL_S):
+            t0 = time.perf_counter()
+            self._snapshot()
+            self.snapshot_seconds.append(time.perf_counter() - t0)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._emit("retrying", trial=trial.trial_id, reason=_error_reason(trial, retrying=True))
+
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._close(trial, "pruned", _pruned_reason(trial))
+        self._collect(trial, trial.checkpoint)
+        self._close_terminated(trial)
         self._ended(trial, self._recorded_status(trial, "completed"), trials)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._collect(trial, trial.checkpoint)
         self._close(trial, "failed", _error_reason(trial))
         self._ended(trial, self._recorded_status(trial, "failed"), trials)
 
@@ -90,8 +138,9 @@ class SweepMonitor(Callback):
         # killed between Ray's record of the end and ours) gets its missing records now.
         for t in trials:
             if t.status in ("TERMINATED", "ERROR"):
+                self._collect(t, t.checkpoint)
                 if t.status == "TERMINATED":
-                    self._close(t, "pruned", _pruned_reason(t))
+                    self._close_terminated(t)
                 else:
                     self._close(t, "failed", _error_reason(t))
                 self.ended[t.trial_id] = self._recorded_status(t, "completed" if t.status == "TERMINATED" else "failed")
@@ -110,36 +159,80 @@ class SweepMonitor(Callback):
             self._write_table()
 
     # ---------------------------------------------------------------- helpers
-    def _close(self, trial: Any, status: str, reason: str) -> int:
+    def _collect(self, trial: Any, checkpoint: Any) -> None:
+        """Copy a trial's checkpoint (in the run's storage) into the run directory (never raises)."""
+        if checkpoint is None:
+            return
+        from bnsweep.sweep.collect import collect_checkpoint
+
+        t0 = time.perf_counter()
+        try:
+            states = collect_checkpoint(self.rd, trial.trial_id, checkpoint)
+        except Exception as e:  # record keeping must never kill the sweep
+            self._emit("warning", message=f"could not read trial {trial.trial_id}'s checkpoint: {e}")
+            return
+        finally:
+            self.storage_seconds["collect"] += time.perf_counter() - t0
+        if states:
+            self.manifests[trial.trial_id] = states
+            self._table_pending = True
+
+    def _seeds(self) -> list[int]:
+        return [self.seed_base + i for i in range(self.replicates)]
+
+    def _close_terminated(self, trial: Any) -> None:
+        """A trial Ray ended normally: replicates its last checkpoint shows running were stopped by the
+        scheduler (``pruned``); any other replicate without a record is ``lost``."""
+        from bnsweep.sweep.recovery import mark_lost
+
+        states = self.manifests.get(trial.trial_id, {})
+        running = [s for s in self._seeds() if states.get(s) == "running"]
+        if running:
+            self._close(trial, "pruned", _pruned_reason(trial), seeds=running)
+        for seed in self._seeds():
+            if seed not in running and not self.rd.replicate(trial.trial_id, seed).result.exists():
+                where = ("its last checkpoint lists it as ended but holds no record" if seed in states
+                         else "no checkpoint of it reached the run's storage")
+                try:
+                    mark_lost(self.rd, trial.trial_id, seed, f"the trial ended, but {where}")
+                except Exception as e:
+                    self._emit("warning", message=f"could not record trial {trial.trial_id}: {e}")
+                self._emit("lost", trial=trial.trial_id, seed=seed, reason=where)
+
+    def _close(self, trial: Any, status: str, reason: str, seeds: list[int] | None = None) -> int:
         from bnsweep.sweep.recovery import close_unfinished_replicates
 
         resolved = trial.config.get("resolved")
         if resolved is None:
             return 0
-        seeds = [self.seed_base + i for i in range(self.replicates)]
         try:
-            return close_unfinished_replicates(self.run_dir, trial.trial_id, resolved, seeds=seeds,
+            return close_unfinished_replicates(self.rd, trial.trial_id, resolved, seeds=seeds or self._seeds(),
                                                status=status, reason=reason)
         except Exception as e:  # record keeping must never kill the sweep
             self._emit("warning", message=f"could not record trial {trial.trial_id}: {e}")
             return 0
 
     def _recorded_status(self, trial: Any, default: str) -> str:
-        """The trial's status as its replicates' records say (failed > diverged > pruned > completed)."""
+        """The trial's status as its replicates' records say (failed > lost > diverged > pruned > completed)."""
         statuses = set()
-        for i in range(self.replicates):
-            p = self.run_dir / "trials" / trial.trial_id / f"seed-{self.seed_base + i}" / "result.json"
+        for seed in self._seeds():
+            files = self.rd.replicate(trial.trial_id, seed)
+            if files.lost.exists() and not files.result.exists():
+                statuses.add("lost")
+                continue
             try:
-                statuses.add(json.loads(p.read_text()).get("status"))
+                statuses.add(json.loads(files.result.read_text()).get("status"))
             except (OSError, ValueError, AttributeError):
                 continue
-        for s in ("failed", "diverged", "pruned", "completed"):
+        for s in ("failed", "lost", "diverged", "pruned", "completed"):
             if s in statuses:
                 return s
         return default
 
     def _ended(self, trial: Any, status: str, trials: list[Any]) -> None:
         self.running.discard(trial.trial_id)
+        with contextlib.suppress(TypeError, ValueError):
+            self.storage_seconds["trial_reports"] += float((trial.last_result or {}).get("report_seconds") or 0)
         self.ended[trial.trial_id] = status
         if trial.trial_id in self._trial_start:
             self._durations.append(time.time() - self._trial_start.pop(trial.trial_id))
@@ -148,6 +241,7 @@ class SweepMonitor(Callback):
         self._table_pending = True
         if time.time() - self._last_table >= self._table_interval:
             self._write_table()
+        self._publish_study()
         self._emit(status, trial=trial.trial_id, epochs=last.get("epoch"), **{self.metric: last.get(self.metric)})
         self._status(trials)
 
@@ -158,24 +252,44 @@ class SweepMonitor(Callback):
         t0 = time.time()
         try:
             write_results_table(self.run_dir)
+            self.rd.push(self.rd.table_files())  # an object store: after the records, each table one object
+            self.storage_seconds["tables"] += time.time() - t0
         except Exception as e:
             self._emit("warning", message=f"could not write the results table: {e}")
         self._last_table = time.time()
         self._table_pending = False
         self._table_interval = max(TABLE_INTERVAL_S, 10 * (self._last_table - t0))
 
+    def _publish_study(self) -> None:
+        """A URI run directory: a consistent copy of the Optuna SQLite study (the sqlite3 backup API) goes
+        to the store after each finished trial, so ``resume URI`` on a fresh machine continues it."""
+        if not self.rd.is_remote or not self.storage_url:
+            return
+        from bnsweep.sweep.recovery import publish_optuna_db
+
+        t0 = time.perf_counter()
+        try:
+            publish_optuna_db(self.rd, self.storage_url)
+            self.storage_seconds["study_copy"] += time.perf_counter() - t0
+        except Exception as e:
+            self._warn_once("optuna-copy", f"could not copy the Optuna study to {self.rd.uri}: {e}")
+
     # ---------------------------------------------------------------- Ray's experiment snapshots
     def _snapshot(self) -> None:
         """Make Ray Tune write its experiment state now (and wait for it), then back it up."""
-        c = self._controller or _tune_controller()
+        c = self._controller or ray_compat.tune_controller_from_stack()
         if c is None:
             self._warn_once("snapshot", "cannot reach Ray Tune's controller to snapshot the experiment state; "
                                         "a kill -9 in the next seconds may make resume sample a trial again")
             return
         self._controller = c
         try:
-            c.checkpoint(force=True, wait=True)
-            self._backup(Path(c._storage.experiment_driver_staging_path), c.experiment_state_file_name)
+            ray_compat.snapshot_experiment(c)
+            self._last_snapshot = time.monotonic()
+            self._checkpoints_since_snapshot.clear()
+            if not self.rd.is_remote:
+                staging, state_name = ray_compat.experiment_staging(c)
+                self._backup(Path(staging), state_name)
         except Exception as e:  # a snapshot that fails must not stop the sweep
             self._warn_once("snapshot-failed", f"could not snapshot Ray's experiment state: {e}")
 
@@ -184,7 +298,7 @@ class SweepMonitor(Callback):
         each file written then renamed."""
         from bnsweep.base.atomic import atomic_write_bytes, pickle_complete
 
-        backup = self.run_dir / "ray" / BACKUP_DIR
+        backup = self.rd.ray_dir / BACKUP_DIR
         session = state_name.removeprefix("experiment_state-").removesuffix(".json")
         names = [state_name] + [p.name for p in staging.glob(f"*{session}*") if p.name != state_name]
         for name in names:  # the experiment state last: it names the session the others belong to
@@ -194,7 +308,7 @@ class SweepMonitor(Callback):
         for old in backup.glob("*"):
             if session not in old.name and not old.name.startswith(".") and old.name != "tuner.pkl":
                 old.unlink(missing_ok=True)
-        tuner = self.run_dir / "ray" / "tuner.pkl"  # written once, before any trial
+        tuner = self.rd.ray_dir / "tuner.pkl"  # written once, before any trial
         if not (backup / "tuner.pkl").exists() and pickle_complete(tuner):
             atomic_write_bytes(backup / "tuner.pkl", tuner.read_bytes())
 
@@ -245,17 +359,22 @@ class SweepMonitor(Callback):
 
     def announce(self, *, spec: Any, dashboard: str | None, restored: bool,
                  cpus_per_trial: float | None = None, concurrent: int | None = None) -> None:
-        self._emit("resumed" if restored else "launched", sweep=spec.name, run_dir=str(self.run_dir),
+        self._emit("resumed" if restored else "launched", sweep=spec.name, run_dir=self.rd.uri,
                    configurations=self.total, replicates=self.replicates, concurrent=concurrent,
                    cpus_per_trial=cpus_per_trial, packing_from_spec=[spec.max_concurrent is not None,
                                                                      spec.resources.cpu is not None],
                    dashboard=f"http://{dashboard}" if dashboard and not dashboard.startswith("http") else dashboard,
-                   optuna_dashboard=f"optuna-dashboard sqlite:///{self.run_dir / 'optuna.db'}")
+                   optuna_dashboard=f"optuna-dashboard sqlite:///{self.rd.optuna_db}")
 
     def close(self, outcome: Any) -> None:
-        self._emit("finished" if outcome.finished else "stopped", counts=outcome.counts, best=outcome.best,
-                   elapsed_s=round(time.time() - self.started),
-                   resume=None if outcome.finished else f"bnsweep resume {self.run_dir}")
+        event = "stopped" if not outcome.finished else "finished" if outcome.complete else "incomplete"
+        self._emit(event, counts=outcome.counts, best=outcome.best, elapsed_s=round(time.time() - self.started),
+                   resume=None if outcome.finished else f"bnsweep resume {self.rd.uri}",
+                   problem=None if outcome.complete or not outcome.finished else
+                   f"{outcome.counts.get('failed', 0)} configuration(s) failed, {outcome.counts.get('lost', 0)} lost "
+                   f"(see `bnsweep status {self.rd.uri}`)",
+                   snapshots={"count": len(self.snapshot_seconds), "seconds": round(sum(self.snapshot_seconds), 3)},
+                   storage_s={k: round(v, 3) for k, v in self.storage_seconds.items()})
 
     def _emit(self, event: str, **fields: Any) -> None:
         if self.quiet:
@@ -279,8 +398,10 @@ class SweepMonitor(Callback):
             if fields.get("dashboard"):
                 line += f"\n  Ray dashboard:    {fields['dashboard']}"
             line += f"\n  Optuna dashboard: {fields['optuna_dashboard']}"
-        elif event in ("finished", "stopped"):
+        elif event in ("finished", "stopped", "incomplete"):
             line = f"[{stamp}] {event}: {fields['counts']}  best: {fields['best']}  ({fields['elapsed_s']} s)"
+            if fields.get("problem"):
+                line += f"\n  {fields['problem']}"
             if fields.get("resume"):
                 line += f"\n  continue with: {fields['resume']}"
         else:
@@ -290,28 +411,14 @@ class SweepMonitor(Callback):
         print(line, file=sys.stderr if event == "warning" else sys.stdout, flush=True)
 
 
-def _tune_controller() -> Any:
-    """The Ray Tune ``TuneController`` calling this callback (Ray hands callbacks no reference to it;
-    it is the ``self`` of a caller a few frames up)."""
-    f: Any = sys._getframe(1)
-    for _ in range(12):
-        if f is None:
-            break
-        obj = f.f_locals.get("self")
-        if obj is not None and hasattr(obj, "_checkpoint_manager") and callable(getattr(obj, "checkpoint", None)) \
-                and hasattr(obj, "experiment_state_file_name"):
-            return obj
-        f = f.f_back
-    return None
-
-
 def _pruned_reason(trial: Any) -> str:
     epoch = (trial.last_result or {}).get("epoch")
     return "stopped early by the scheduler" + (f" after epoch {epoch}" if epoch else "")
 
 
-def _error_reason(trial: Any) -> str:
-    """Why Ray gave up on a trial whose worker left no failure record (e.g. the process was killed)."""
+def _error_reason(trial: Any, retrying: bool = False) -> str:
+    """Why Ray gave up on (or retries) a trial: its error file's last error (the process or node died,
+    the storage unreachable...); an error bnsweep raised for the record is taken as it is."""
     text = ""
     try:
         path = trial.error_file  # Ray's error.txt of the trial (every failure appended)
@@ -323,10 +430,18 @@ def _error_reason(trial: Any) -> str:
         except OSError:
             text = ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    from bnsweep.sweep.trainable import REASON_MARK
+
+    marked = next((ln.split(REASON_MARK, 1)[1] for ln in reversed(lines) if REASON_MARK in ln), None)
+    failures = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
+    if marked:
+        what = f"the trial failed {failures} time(s)" if failures else "the trial failed"
+        return f"{what}: {marked[:400]}"
     died = next((ln for ln in reversed(lines) if "died" in ln.lower() or "killed" in ln.lower()), None)
     detail = died or next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "")
     detail = detail.split(" Some common causes")[0]  # Ray's generic advice follows
-    failures = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
+    if retrying:
+        return detail[:300]
     what = f"the trial failed {failures} time(s), retries exhausted" if failures else "the trial failed"
     return f"{what}: {detail[:300]}" if detail else what
 

@@ -19,24 +19,28 @@ from pathlib import Path
 from typing import Any
 
 from bnsweep.base import interrupts
-from bnsweep.store.rundir import RunDirError
+from bnsweep.store.rundir import RunDir, RunDirError
 from bnsweep.sweep.options import LaunchOptions
 
 
-def ray_env(run_dir: Path, spec: Any) -> dict[str, str]:
+def ray_env(run_dir: Path | RunDir, spec: Any) -> dict[str, str]:
+    """The trial workers' environment. Caches go into a local run directory's ``.cache`` (nothing in the
+    home directory); for a URI run directory, where no worker can write, each worker keeps its defaults
+    (W&B's own go into the trial's scratch directory: store/tracking.py)."""
+    rd = RunDir.of(run_dir)
     backend = spec.base_trial_config().get("backend", "tensorflow")
     env = {
         "KERAS_BACKEND": backend,
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "XLA_PYTHON_CLIENT_PREALLOCATE": "false",  # several trials per GPU (JAX)
         "TF_FORCE_GPU_ALLOW_GROWTH": "true",  # several trials per GPU (TensorFlow)
-        "KERAS_HOME": str(run_dir / ".cache" / "keras"),
-        "MPLCONFIGDIR": str(run_dir / ".cache" / "matplotlib"),
-        "WANDB_DIR": str(run_dir), "WANDB_CACHE_DIR": str(run_dir / ".cache" / "wandb"),
-        "WANDB_CONFIG_DIR": str(run_dir / ".cache" / "wandb-config"),
-        "WANDB_DATA_DIR": str(run_dir / ".cache" / "wandb-data"),
         "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
     }
+    if not rd.is_remote:
+        cache = rd.local / ".cache"
+        env.update({"KERAS_HOME": str(cache / "keras"), "MPLCONFIGDIR": str(cache / "matplotlib"),
+                    "WANDB_CACHE_DIR": str(cache / "wandb"), "WANDB_CONFIG_DIR": str(cache / "wandb-config"),
+                    "WANDB_DATA_DIR": str(cache / "wandb-data")})
     # WANDB_API_KEY is never put here: Ray keeps the runtime env in its job table, which the dashboard
     # shows and its logs print. A local Ray's workers inherit it from this process's environment; on a
     # cluster (--address), set it (or `wandb login`) on the nodes.
@@ -50,7 +54,7 @@ def ray_env(run_dir: Path, spec: Any) -> dict[str, str]:
     return env
 
 
-def start_ray(run_dir: Path, spec: Any, options: LaunchOptions, data_bytes: int) -> str | None:
+def start_ray(run_dir: Path | RunDir, spec: Any, options: LaunchOptions, data_bytes: int) -> str | None:
     import ray
 
     if ray.is_initialized():  # an embedding program (or the test suite) already started Ray
@@ -238,11 +242,10 @@ def keep_credentials_out_of_ray_logs() -> None:
     """Ray Tune copies AWS credentials from the driver's environment into every trial actor's runtime env,
     which Ray's runtime-env agent then writes, in clear, to its log. A local Ray's workers inherit this
     process's environment anyway, so the copy only leaks them: stop it."""
-    with contextlib.suppress(Exception):
-        from ray.tune.execution import class_cache
+    from bnsweep.sweep.ray_compat import stop_propagating_aws_env
 
-        class_cache.ENV_VARS_TO_PROPAGATE.difference_update(
-            {k for k in class_cache.ENV_VARS_TO_PROPAGATE if k.startswith("AWS_")})
+    with contextlib.suppress(Exception):
+        stop_propagating_aws_env()
 
 
 def cleanup_ray_staging() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import pickle
 from typing import Any
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+
+from bnsweep.sweep.ray_compat import optuna_search_reattach, optuna_search_state, searcher_live_trials, searcher_study
 
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -20,7 +23,11 @@ class ResumableOptunaSearch(OptunaSearch):
     - a trial Optuna already closed may be run again by Ray: its reports are dropped instead of
       failing the driver with ``UpdateFinishedTrialError``;
     - a trial that ended after the snapshot is unknown to the restored Ray: the sweep's budget of
-      ``max_configurations`` counts the study's ended trials, so it is not replaced by an extra one.
+      ``max_configurations`` counts the study's ended trials, so it is not replaced by an extra one;
+    - the pickled searcher (``tuner.pkl``, ``searcher-state-*.pkl``) holds no storage: on restore it
+      reconnects to the storage this driver uses (``use_storage``), so a run directory resumed from a
+      fresh machine, whose local copy of the Optuna SQLite file is elsewhere, continues its study;
+    - a trial whose code failed (its final result carries ``bnsweep_failed``) is a FAIL in Optuna.
     """
 
     def __init__(self, *args: Any, max_configurations: int | None = None, **kwargs: Any) -> None:
@@ -28,13 +35,15 @@ class ResumableOptunaSearch(OptunaSearch):
         self._max_configurations = max_configurations
 
     def ended_in_study(self) -> int:
-        assert self._ot_study is not None, "the searcher is not set up yet"
-        return sum(t.state in ENDED for t in self._ot_study.get_trials(deepcopy=False))
+        study = searcher_study(self)
+        assert study is not None, "the searcher is not set up yet"
+        return sum(t.state in ENDED for t in study.get_trials(deepcopy=False))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # (Searcher.FINISHED)
         cap = getattr(self, "_max_configurations", None)  # absent in searchers pickled by older versions
-        if cap is not None and trial_id not in self._ot_trials:
-            live = sum(tid not in self._completed_trials for tid in self._ot_trials)
+        handed, completed = searcher_live_trials(self)
+        if cap is not None and trial_id not in handed:
+            live = len(handed - completed)
             if self.ended_in_study() + live >= cap:
                 return Searcher.FINISHED
         return super().suggest(trial_id)
@@ -43,12 +52,57 @@ class ResumableOptunaSearch(OptunaSearch):
         with contextlib.suppress(UpdateFinishedTrialError):
             super().on_trial_result(trial_id, result)
 
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if result and result.get(FAILED_KEY):
+            result, error = None, True  # its code failed after its retries: FAIL, not the last metric
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    # the pickled state is independent of where the Optuna storage is (see the class docstring)
+    def __getstate__(self) -> dict[str, Any]:
+        return optuna_search_state(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(optuna_search_reattach(state, _current_storage()))
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:  # Ray's own temporary file, renamed by Ray (not the run dir)
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.__dict__.update(optuna_search_reattach(state, _current_storage()))
+
+
+FAILED_KEY = "bnsweep_failed"  # in a trial's final result: its code failed (the value is the reason)
+
+_STORAGE: dict[str, Any] = {}
+
+
+def use_storage(url: str) -> Any:
+    """Make ``url`` the Optuna storage every searcher restored in this process reconnects to."""
+    import optuna
+
+    _STORAGE["url"] = url
+    _STORAGE["storage"] = optuna.storages.RDBStorage(url, **optuna_storage_kwargs(url))
+    return _STORAGE["storage"]
+
+
+def _current_storage() -> Any:
+    return _STORAGE.get("storage")
+
+
+def optuna_storage_kwargs(url: str) -> dict[str, Any]:
+    """SQLite: wait up to 30 s for a lock instead of failing at once."""
+    return {"engine_kwargs": {"connect_args": {"timeout": 30}}} if url.startswith("sqlite") else {}
+
 
 def ended_configurations(storage_url: str, study_name: str) -> int:
     """Configurations of the sweep that ended (completed, pruned or failed), from the Optuna study."""
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    study = optuna.load_study(study_name=study_name, storage=_current_storage() if _STORAGE.get("url") == storage_url
+                              else storage_url)
     return sum(t.state in ENDED for t in study.get_trials(deepcopy=False))
 
 
@@ -63,10 +117,7 @@ def make_search(spec: Any, storage_url: str) -> tuple[Any, int]:
     from bnsweep.sweep.space import count_configurations, make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(
-        storage_url, engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {})
-    from bnsweep.sweep.searcher import ResumableOptunaSearch
-
+    storage = use_storage(storage_url)
     searcher = ResumableOptunaSearch(
         space=DefineByRun(spec), metric=spec.metric.name, mode=spec.metric.mode,
         sampler=make_sampler(spec), storage=storage, study_name=STUDY_NAME,

@@ -1,0 +1,130 @@
+"""Every private access to Ray Tune and Optuna, in one place, each with why (tests/test_ray_compat.py
+fails loudly when an upgrade breaks one).
+
+bnsweep needs a few things the libraries offer no public API for: forcing Ray Tune to write its
+experiment state now (so a driver killed a second later resumes from what it knew), re-attaching
+callbacks to a restored Tuner (``Tuner.restore`` takes none; the pickled ones would run), keeping AWS
+credentials out of a local Ray's logs, and an ``OptunaSearch`` whose pickled state survives the Optuna
+SQLite file moving to another path (a fresh head machine with an empty cache). Public APIs are used
+wherever they exist (``study.tell(..., state=FAIL)`` for stale RUNNING trials, ``Trial.checkpoint``,
+``Trial.error_file``, ``tune.get_checkpoint``).
+
+>>> isinstance(ENV_VARS_TO_STRIP_PREFIX, str)
+True
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+ENV_VARS_TO_STRIP_PREFIX = "AWS_"
+
+
+# ============================================================================ Ray Tune
+
+
+def tune_controller_from_stack(depth: int = 12) -> Any:
+    """The Ray Tune ``TuneController`` calling the current callback hook, or None.
+
+    Why: Ray hands callbacks no reference to the controller, and only the controller can force an
+    experiment-state snapshot (``checkpoint(force=True, wait=True)``). It is the ``self`` of a caller a
+    few frames up; recognised by its attributes, not its class name."""
+    f: Any = sys._getframe(1)
+    for _ in range(depth):
+        if f is None:
+            break
+        obj = f.f_locals.get("self")
+        if obj is not None and hasattr(obj, "_checkpoint_manager") and callable(getattr(obj, "checkpoint", None)) \
+                and hasattr(obj, "experiment_state_file_name"):
+            return obj
+        f = f.f_back
+    return None
+
+
+def snapshot_experiment(controller: Any) -> None:
+    """Make Ray Tune write (and upload to the run's storage) its experiment state now, and wait for it.
+
+    Why: Tune syncs its state at most every ~10 s; a trial restored after a driver crash resumes from
+    the checkpoint the state knew, so bnsweep snapshots at every trial start and after every checkpoint."""
+    controller.checkpoint(force=True, wait=True)
+
+
+def experiment_staging(controller: Any) -> tuple[str, str]:
+    """(the driver's staging directory of Ray's experiment state, the state file's name).
+
+    Why: a local run directory keeps an atomic backup of the last snapshot (Ray copies it into the run
+    directory non-atomically; resume repairs a torn copy from the backup)."""
+    return str(controller._storage.experiment_driver_staging_path), str(controller.experiment_state_file_name)
+
+
+def set_restored_callbacks(tuner: Any, callbacks: list[Any]) -> None:
+    """Replace the callbacks of a Tuner made by ``Tuner.restore``.
+
+    Why: ``Tuner.restore`` has no ``run_config``/``callbacks`` argument and brings back the callbacks
+    pickled in ``tuner.pkl`` at launch (with the launching driver's state and paths)."""
+    tuner._local_tuner._run_config.callbacks = list(callbacks)
+
+
+def stop_propagating_aws_env() -> None:
+    """Stop Ray Tune copying ``AWS_*`` variables from the driver into every trial actor's runtime env.
+
+    Why: Ray's runtime-env agent writes that env, credentials included, to its log in clear. A local
+    Ray's workers inherit this process's environment anyway; on a cluster the nodes have their own."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(
+        {k for k in class_cache.ENV_VARS_TO_PROPAGATE if k.startswith(ENV_VARS_TO_STRIP_PREFIX)})
+
+
+# ============================================================================ OptunaSearch
+
+
+def searcher_study(searcher: Any) -> Any:
+    """The ``optuna.Study`` inside an ``OptunaSearch`` (None before it is set up).
+
+    Why: the searcher caps the sweep by the study's ended trials (a kill -9 can leave the study ahead
+    of Ray's snapshot)."""
+    return searcher._ot_study
+
+
+def searcher_live_trials(searcher: Any) -> tuple[set[str], set[str]]:
+    """(Ray trial ids the searcher has handed out, those it has seen complete)."""
+    return set(searcher._ot_trials), set(searcher._completed_trials)
+
+
+def optuna_search_state(state: dict[str, Any]) -> dict[str, Any]:
+    """An ``OptunaSearch.__dict__`` made independent of where its storage is: the storage, the study
+    and the per-trial Optuna ``Trial`` objects (which hold the storage) replaced by references.
+
+    Why: the pickled ``RDBStorage`` reconnects to the SQLite path it was created with when unpickled;
+    a run directory resumed on another machine has its study in another local path."""
+    out = dict(state)
+    study = state.get("_ot_study")
+    out["_ot_study"] = None
+    out["_storage"] = None
+    out["_bnsweep_study_name"] = getattr(study, "study_name", None) or state.get("_study_name")
+    out["_ot_trials"] = {tid: int(t._trial_id) for tid, t in (state.get("_ot_trials") or {}).items()}
+    return out
+
+
+def optuna_search_reattach(state: dict[str, Any], storage: Any) -> dict[str, Any]:
+    """The inverse of ``optuna_search_state`` with the storage this driver uses now."""
+    import optuna
+
+    out = dict(state)
+    name = out.pop("_bnsweep_study_name", None) or out.get("_study_name")
+    if storage is None or name is None:
+        return out
+    study = optuna.load_study(study_name=name, storage=storage, sampler=out.get("_sampler"),
+                              pruner=optuna.pruners.NopPruner())
+    out["_storage"] = storage
+    out["_ot_study"] = study
+    trials = {}
+    for tid, internal in (out.get("_ot_trials") or {}).items():
+        try:
+            trials[tid] = optuna.trial.Trial(study, int(internal))
+        except KeyError:  # asked after the study's last copy reached the store: a new Optuna trial stands in
+            trials[tid] = study.ask()  # (without its parameters; it counts as the configuration it is)
+    out["_ot_trials"] = trials
+    return out

@@ -1,0 +1,117 @@
+"""Every private access to Ray Tune and Optuna (bnsweep/sweep/ray_compat.py) still works with the
+installed versions: each test fails loudly, naming the seam, when an upgrade breaks one. Real Ray (one
+local instance for the module), real Optuna SQLite storages."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+from bnsweep.sweep import ray_compat
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False,
+             logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def test_tune_controller_snapshot_staging_and_restored_callbacks(ray_local, tmp_path):
+    from ray import tune
+
+    seen: dict = {}
+
+    def _trainable(config):  # (defined here: pickled by value, the workers cannot import this test module)
+        from ray import tune
+
+        tune.report({"score": 1.0})
+
+    class Probe(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            c = ray_compat.tune_controller_from_stack()
+            seen["controller"] = c is not None
+            ray_compat.snapshot_experiment(c)  # forced, waited for
+            staging, state_name = ray_compat.experiment_staging(c)
+            seen["state_written"] = (Path(staging) / state_name).is_file()
+
+    tuner = tune.Tuner(_trainable, param_space={"x": tune.grid_search([1])},
+                       run_config=tune.RunConfig(name="compat", storage_path=str(tmp_path), callbacks=[Probe()],
+                                                 verbose=0))
+    tuner.fit()
+    assert seen == {"controller": True, "state_written": True}, \
+        f"Ray Tune's controller seam (tune_controller_from_stack / snapshot / staging) broke: {seen}"
+    restored = tune.Tuner.restore(str(tmp_path / "compat"), trainable=_trainable)
+    new = Probe()
+    ray_compat.set_restored_callbacks(restored, [new])
+    assert restored._local_tuner.get_run_config().callbacks == [new], "Tuner.restore's callbacks seam broke"
+
+
+def test_aws_variables_are_no_longer_propagated_to_trial_actors():
+    from ray.tune.execution import class_cache
+
+    saved = set(class_cache.ENV_VARS_TO_PROPAGATE)
+    assert any(k.startswith("AWS_") for k in saved), "Ray Tune no longer lists AWS_* in ENV_VARS_TO_PROPAGATE"
+    try:
+        ray_compat.stop_propagating_aws_env()
+        assert not any(k.startswith("AWS_") for k in class_cache.ENV_VARS_TO_PROPAGATE)
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE.clear()
+        class_cache.ENV_VARS_TO_PROPAGATE.update(saved)
+
+
+def _space(trial):
+    return {"lr": trial.suggest_float("lr", 0.01, 0.1, log=True)}
+
+
+def test_the_pickled_optuna_search_reconnects_to_a_moved_study(tmp_path):
+    """OptunaSearch's private fields (_ot_study, _ot_trials, _completed_trials, Optuna's Trial._trial_id)
+    and ResumableOptunaSearch's pickling: the study copied elsewhere (a fresh machine) continues."""
+    from bnsweep.sweep.searcher import ResumableOptunaSearch, use_storage
+
+    first = tmp_path / "a" / "optuna.db"
+    first.parent.mkdir()
+    storage = use_storage(f"sqlite:///{first}")
+    s = ResumableOptunaSearch(space=_space, metric="score", mode="max", storage=storage, study_name="bnsweep",
+                              max_configurations=3)
+    assert ray_compat.searcher_study(s) is not None, "OptunaSearch._ot_study is gone"
+    config = s.suggest("t1")
+    s.suggest("t2")
+    assert ray_compat.searcher_live_trials(s) == ({"t1", "t2"}, set()), "OptunaSearch._ot_trials/_completed_trials"
+    s.on_trial_complete("t1", {"score": 0.5})
+    assert ray_compat.searcher_live_trials(s)[1] == {"t1"}
+    blob = pickle.dumps(s)
+    assert str(first).encode() not in blob, "the pickled searcher still names its SQLite file"
+    path = tmp_path / "searcher.pkl"
+    s.save(str(path))
+    moved = tmp_path / "b" / "optuna.db"
+    moved.parent.mkdir()
+    shutil.copy(first, moved)
+    shutil.rmtree(first.parent)  # the first machine's cache is gone
+    use_storage(f"sqlite:///{moved}")
+    again = pickle.loads(blob)  # as Ray unpickles tuner.pkl
+    again.restore(str(path))  # and then its searcher-state-*.pkl
+    again.on_trial_complete("t2", {"score": 0.7})
+    trials = optuna.load_study(study_name="bnsweep", storage=f"sqlite:///{moved}").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert trials[0].params["lr"] == config["lr"] and [t.value for t in trials] == [0.5, 0.7]
+    assert again.suggest("t3") is not None and again.suggest("t4") == "FINISHED"  # the cap counts the study
+
+
+def test_stale_running_trials_are_failed_through_optuna_s_public_tell(tmp_path):
+    from bnsweep.sweep.recovery import fail_stale_optuna_trials
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(study_name="bnsweep", storage=url)
+    study.ask()
+    study.ask()
+    assert fail_stale_optuna_trials(url) == 2
+    assert {t.state for t in optuna.load_study(study_name="bnsweep", storage=url).trials} == {
+        optuna.trial.TrialState.FAIL}
