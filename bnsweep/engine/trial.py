@@ -84,7 +84,7 @@ class TrialRun:
         cfg = self.config
         from bnsweep.engine import backend
 
-        backend.select_backend(cfg.backend)
+        backend.select_backend(cfg.backend, strategy=cfg.strategy)
         import keras
 
         from bnsweep.engine.batchnorm import use_fast_batchnorm
@@ -304,7 +304,9 @@ def _jit(cfg: TrialConfig) -> bool:
     """
     if cfg.jit_compile != "auto":
         return bool(cfg.jit_compile)
-    return cfg.backend == "jax"
+    import keras
+
+    return keras.backend.backend() == "jax"  # the backend that runs (``backend: auto`` resolved)
 
 
 def _cpus() -> int:
