@@ -91,6 +91,7 @@ class TrialRun:
         from bnsweep.engine.data import make_preprocess
         from bnsweep.engine.models import build_resnet
         from bnsweep.engine.optimizers import make_optimizer
+        from bnsweep.engine.precision import float32_logits, precision_policy
         from bnsweep.engine.regimes import account, apply_regime
 
         backend.configure_threads(cfg.threads or threads or _cpus())
@@ -99,8 +100,10 @@ class TrialRun:
         keras.utils.set_random_seed(cfg.seed)
 
         # ---- the recipe (defaults: the paper / open_lth CIFAR ResNet) ----------------------
-        with backend.distribution_scope(cfg.strategy):  # TPU / multi-GPU: build inside
+        # TPU / multi-GPU: build inside the strategy; mixed_bfloat16: layers built under that policy
+        with backend.distribution_scope(cfg.strategy), precision_policy(cfg.precision):
             self.net = build_resnet(cfg.model, seed=cfg.seed)  # Kaiming-normal, γ ~ U[0,1) or 1
+            float32_logits(self.net)  # logits and loss in float32 under mixed_bfloat16 (engine/precision.py)
             use_fast_batchnorm(self.net)  # same BN, fused kernels: ~1.5× faster steps on TF/CPU (engine/batchnorm.py)
             self.applied = apply_regime(self.net, cfg.model, cfg.regime, seed=cfg.seed)  # per variable
             preprocess = make_preprocess(mean=self.data.mean, std=self.data.std, augment=cfg.data.augment,
@@ -224,7 +227,7 @@ class TrialRun:
             gamma_near_zero=self.gamma_near_zero(),
             wall_seconds=time.perf_counter() - self.started,
             images_per_sec=float(np.mean([m.images_per_sec for m in self.history])) if self.history else None,
-            accelerator=describe_accelerator(),
+            accelerator=describe_accelerator(precision=self.config.precision),
             data={**self.data.sizes, "source": self.data.description,
                   "test_is_holdout": self.data.test_is_holdout},
             history=list(self.history),
