@@ -133,7 +133,7 @@ class TrialRun:
         self.history: list[EpochMetrics] = []
         self.epoch = 0
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        if self.checkpoint_dir and (self.checkpoint_dir / "state.json").exists():
+        if self.checkpoint_dir and (self.checkpoint_dir / CHECKPOINT_STATE).exists():
             self._restore()
 
     # ------------------------------------------------------------------ training
@@ -235,12 +235,7 @@ class TrialRun:
 
     def gamma_near_zero(self, threshold: float = 0.01) -> float:
         """Share of BN γ with |γ| < threshold (the paper: BN-only disables about a third)."""
-        import keras
-
-        gammas = [keras.ops.convert_to_numpy(layer.gamma).ravel() for layer in self.net.layers
-                  if isinstance(layer, keras.layers.BatchNormalization)]
-        g = np.concatenate(gammas)
-        return float(np.mean(np.abs(g) < threshold))
+        return gamma_near_zero(self.net, threshold)
 
     # ------------------------------------------------------------------ checkpoints
     def _variables(self) -> list[Any]:
@@ -252,30 +247,61 @@ class TrialRun:
     def _save(self) -> None:
         """Weights, optimizer state (momentum, step) and RNG state, written then renamed."""
         assert self.checkpoint_dir is not None
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         import keras
 
-        arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self._variables())}
-        atomic_write(self.checkpoint_dir / "variables.npz", lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
-        state = {"epoch": self.epoch, "config_hash": config_hash(self.config),
-                 "history": [asdict(m) for m in self.history]}
-        atomic_write_text(self.checkpoint_dir / "state.json", json.dumps(state))
+        save_checkpoint(self.checkpoint_dir, [keras.ops.convert_to_numpy(v) for v in self._variables()],
+                        epoch=self.epoch, config=self.config, history=self.history)
 
     def _restore(self) -> None:
         assert self.checkpoint_dir is not None
-        state = json.loads((self.checkpoint_dir / "state.json").read_text())
-        if state["config_hash"] != config_hash(self.config):
-            raise ValueError(f"{self.checkpoint_dir}: checkpoint of another configuration "
-                             f"({state['config_hash']}, this trial is {config_hash(self.config)})")
         variables = self._variables()
-        with np.load(self.checkpoint_dir / "variables.npz", allow_pickle=False) as f:
-            if len(f.files) != len(variables):
-                raise ValueError(f"{self.checkpoint_dir}: checkpoint holds {len(f.files)} variables, "
-                                 f"the model has {len(variables)}")
-            for i, v in enumerate(variables):
-                v.assign(f[f"v{i:05d}"])
-        self.epoch = int(state["epoch"])
-        self.history = [EpochMetrics(**m) for m in state["history"]]
+        self.epoch, self.history, arrays = load_checkpoint(self.checkpoint_dir, self.config, expected=len(variables))
+        for v, a in zip(variables, arrays, strict=True):
+            v.assign(a)
+
+
+def gamma_near_zero(net: Any, threshold: float = 0.01) -> float:
+    """Share of the BN γ of ``net`` with |γ| < threshold."""
+    import keras
+
+    gammas = [keras.ops.convert_to_numpy(layer.gamma).ravel() for layer in net.layers
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    return float(np.mean(np.abs(np.concatenate(gammas)) < threshold))
+
+
+# A trial's checkpoint (also a fused replica's, engine/fused_replicates.py), in ``checkpoint_dir``:
+#   variables.npz  v00000, v00001, ...: the model's variables (augmentation RNG state, then the network's),
+#                  then the optimizer's (step counter, then its slots in the order it built them)
+#   state.json     {"epoch": epochs trained, "config_hash": config_hash(config), "history": [EpochMetrics]}
+CHECKPOINT_STATE, CHECKPOINT_VARIABLES = "state.json", "variables.npz"
+
+
+def save_checkpoint(directory: str | Path, arrays: list[np.ndarray], *, epoch: int, config: TrialConfig,
+                    history: list[EpochMetrics]) -> None:
+    """Write a checkpoint (arrays first; each file written then renamed, so a crash leaves the old one)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    named = {f"v{i:05d}": a for i, a in enumerate(arrays)}
+    atomic_write(directory / CHECKPOINT_VARIABLES, lambda f: np.savez(f, **named))  # type: ignore[arg-type]
+    state = {"epoch": epoch, "config_hash": config_hash(config), "history": [asdict(m) for m in history]}
+    atomic_write_text(directory / CHECKPOINT_STATE, json.dumps(state))
+
+
+def load_checkpoint(directory: str | Path, config: TrialConfig, *,
+                    expected: int) -> tuple[int, list[EpochMetrics], list[np.ndarray]]:
+    """(epoch, history, arrays) of a checkpoint of ``config`` holding ``expected`` arrays; ``ValueError`` for a
+    checkpoint of another configuration or another model."""
+    directory = Path(directory)
+    state = json.loads((directory / CHECKPOINT_STATE).read_text())
+    if state["config_hash"] != config_hash(config):
+        raise ValueError(f"{directory}: checkpoint of another configuration "
+                         f"({state['config_hash']}, this trial is {config_hash(config)})")
+    with np.load(directory / CHECKPOINT_VARIABLES, allow_pickle=False) as f:
+        if len(f.files) != expected:
+            raise ValueError(f"{directory}: checkpoint holds {len(f.files)} variables, "
+                             f"the model has {expected}")
+        arrays = [f[f"v{i:05d}"] for i in range(expected)]
+    return int(state["epoch"]), [EpochMetrics(**m) for m in state["history"]], arrays
 
 
 def run(config: TrialConfig | dict[str, Any], *, report: Report | None = None, data: Splits | None = None,
