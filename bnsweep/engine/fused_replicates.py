@@ -22,7 +22,12 @@ in a separate ``TrialRun``: the initial weights (``build_resnet(seed=s)``), the 
 (``default_rng([s, epoch])``) and its own augmentation random stream (a preprocessing layer seeded
 with s). So replica i follows ``TrialRun(config with seed=s_i)`` step for step: bit for bit in the
 separate layout; in the grouped one up to floating-point summation order (a grouped convolution is not
-bit-identical to N convolutions), which ``tests/test_fused.py`` bounds.
+bit-identical to N convolutions), which ``tests/test_fused.py`` bounds. One limit to "bit for bit", on
+TensorFlow with more than one intra-op thread per trial: oneDNN may split a reduction over the batch
+between a different number of threads inside the larger fused graph (seen on a partial last batch, for
+replicas after the first), and the replica then drifts by rounding — measured 1e-4 relative in the
+training loss after 4 epochs of the real CIFAR-10 subset with 2 threads; with one thread per trial (the
+sweep's default packing) it stayed bit-identical.
 
 **A drop-in for N TrialRuns.** Every replica is a ``FusedReplica`` with what the sweep's trainable uses
 of a ``TrialRun`` (``config``, ``epoch``, ``history``, ``net``, ``finish(status, reason)`` →
