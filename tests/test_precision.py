@@ -70,7 +70,8 @@ def test_bfloat16_learns_within_three_points_of_float32_on_real_cifar10_separate
     """ResNet-8, `all`, 4 epochs (cosine from 0.1), seeds 0 and 1, 500 held-out test images; TensorFlow, CPU.
 
     Measured here (2026-12-01, 2-core CPU at load ~8): test accuracy float32 0.372 / 0.386, mixed_bfloat16
-    0.374 / 0.394 (N TrialRuns and the fused run alike); bf16 trained 1.6–2.5× faster on this AMX-BF16 CPU.
+    0.374 / 0.394 (N TrialRuns and the fused run alike); bf16 trained 1.6–2.5× faster on this CPU (AMD EPYC,
+    avx512_bf16; not interleaved, see bench/RESULTS.md §6).
     Margin: the bf16 mean within 3 points of the float32 mean (seed-to-seed spread here: 1.4 points), every
     bf16 seed ≥ 0.28 (chance 0.10), the fused run's bf16 seeds within 1 point of the TrialRuns'.
     """
