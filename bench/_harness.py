@@ -264,8 +264,10 @@ def _peak_rss_mb() -> float:
 
 
 def _reply(obj: dict[str, Any]) -> None:
-    sys.__stdout__.write(json.dumps(obj) + "\n")
-    sys.__stdout__.flush()
+    out = sys.__stdout__
+    assert out is not None
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
 
 
 # ------------------------------------------------------------------ parent side

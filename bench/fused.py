@@ -51,8 +51,8 @@ def main() -> None:
     summary = {n: median_ips(v) for n, v in res.items()}
     print(f"\nResNet-{a.depth}, batch {a.batch_size} per replica, {a.steps} steps, backend {a.backend}, "
           f"precision {a.precision or 'float32'}: aggregate images/s over all replicas")
-    for n, v in summary.items():
-        print(f"  {n:28s} {v:7.0f}")
+    for name, v in summary.items():
+        print(f"  {name:28s} {v:7.0f}")
     ratios = {}
     for name in res:
         if name.startswith("fused-"):
