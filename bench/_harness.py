@@ -58,15 +58,32 @@ def cpu_info() -> dict[str, Any]:
     return {"model": model, "cores": cores, "mhz": mhz, "avx512": avx512, "peak_fp32_gflops": peak}
 
 
+def gpu_info() -> list[dict[str, str]]:
+    """The NVIDIA GPUs ``nvidia-smi`` lists (name, memory, driver); empty without one."""
+    import shutil
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [dict(zip(("name", "memory", "driver"), (x.strip() for x in line.split(",")), strict=False))
+            for line in out.strip().splitlines()]
+
+
 def machine() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    for pkg in ("tensorflow", "keras", "jax", "ray", "optuna", "numpy"):
+    for pkg in ("tensorflow", "keras", "jax", "jaxlib", "jax-cuda12-plugin", "ray", "optuna", "numpy"):
         with contextlib.suppress(PackageNotFoundError):
             versions[pkg] = version(pkg)
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpu": cpu_info(),
-            "python": platform.python_version(), "versions": versions, "loadavg": os.getloadavg()}
+            "python": platform.python_version(), "versions": versions, "loadavg": os.getloadavg(),
+            "gpus": gpu_info()}
 
 
 # ------------------------------------------------------------------ contenders (run inside a worker)
@@ -80,6 +97,7 @@ def _trial_config(c: dict[str, Any]) -> dict[str, Any]:
         "regime": c.get("regime", "all"), "batch_size": c.get("batch_size", 128),
         "epochs": 10_000, "steps_per_epoch": c.get("steps", 10), "seed": c.get("seed", 0),
         "jit_compile": c.get("jit", "auto"),
+        "precision": c.get("precision") or "float32",
         "data": data,
     }
     if "lr" in c:
@@ -205,11 +223,10 @@ def worker_main() -> None:
     """Protocol loop: first line {"contenders": {name: spec}, "threads": n}; then commands."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     setup = json.loads(sys.stdin.readline())
-    if setup.get("precision"):
-        import keras
-
-        keras.mixed_precision.set_global_policy(setup["precision"])
     from bnsweep.engine import backend as accelerators
+
+    if setup.get("gpu_fraction"):  # before Keras starts the backend (several trials sharing a GPU)
+        accelerators.configure_gpu_memory(setup["gpu_fraction"])
     from bnsweep.engine.data import load_data
 
     accelerators.configure_threads(setup.get("threads"))
@@ -218,12 +235,14 @@ def worker_main() -> None:
     info: dict[str, Any] = {}
     for name, spec in setup["contenders"].items():
         t0 = time.perf_counter()
-        contenders[name] = CONTENDERS[spec.get("kind", "trial")]({**spec, "data_path": setup.get("data_path")}, data)
+        spec = {"precision": setup.get("precision"), **spec, "data_path": setup.get("data_path")}
+        contenders[name] = CONTENDERS[spec.get("kind", "trial")](spec, data)
         contenders[name].epoch()  # warm-up: tracing / XLA compilation
         info[name] = {"setup_s": round(time.perf_counter() - t0, 2), "jit": getattr(contenders[name], "jit", None)}
     import keras
 
-    _reply({"ready": True, "backend": keras.backend.backend(), "pid": os.getpid(), "info": info})
+    _reply({"ready": True, "backend": keras.backend.backend(), "pid": os.getpid(), "info": info,
+            "accelerator": accelerators.describe_accelerator()})
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "quit":
@@ -245,8 +264,10 @@ def _peak_rss_mb() -> float:
 
 
 def _reply(obj: dict[str, Any]) -> None:
-    sys.__stdout__.write(json.dumps(obj) + "\n")
-    sys.__stdout__.flush()
+    out = sys.__stdout__
+    assert out is not None
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
 
 
 # ------------------------------------------------------------------ parent side
@@ -257,15 +278,18 @@ class Worker:
 
     def __init__(self, contenders: dict[str, dict[str, Any]], *, backend: str = "tensorflow",
                  threads: int | None = None, env: dict[str, str] | None = None, precision: str | None = None,
-                 data_path: str | None = None) -> None:
+                 data_path: str | None = None, gpu_fraction: float | None = None,
+                 deadline: float | None = None) -> None:
         full_env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
                     "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
         self.names = list(contenders)
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, env=full_env, cwd=str(ROOT))
-        self._send({"contenders": contenders, "threads": threads, "precision": precision, "data_path": data_path})
+        self._send({"contenders": contenders, "threads": threads, "precision": precision, "data_path": data_path,
+                    "gpu_fraction": gpu_fraction})
         self.ready: dict[str, Any] | None = None
+        self.deadline = deadline  # time.time() after which waiting for this worker raises TimeoutError
 
     def _send(self, obj: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -274,6 +298,13 @@ class Worker:
 
     def _recv(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
+        if self.deadline is not None:
+            import select
+
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, self.deadline - time.time()))
+            if not ready:
+                self.proc.kill()
+                raise TimeoutError(f"benchmark worker {self.names}: out of time (killed)")
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"benchmark worker {self.names} died (exit {self.proc.wait()}); "
@@ -421,5 +452,46 @@ def write_json(path: str | None, obj: dict[str, Any]) -> None:
         print(f"wrote {path}")
 
 
+def first_epoch_main(spec: dict[str, Any]) -> None:
+    """``python bench/_harness.py first-epoch '{...}'``: one TrialRun from a fresh process, timestamps
+    (``time.time()``) when Keras is up, the data loaded, the model built and compiled, the first epoch done."""
+    t = {"start": time.time()}
+    from bnsweep.engine import backend
+
+    if spec.get("gpu_fraction"):
+        backend.configure_gpu_memory(spec["gpu_fraction"])
+    backend.select_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))
+    t["keras"] = time.time()
+    from bnsweep.engine.data import load_data
+    from bnsweep.engine.trial import TrialRun
+
+    data = load_data(_data_config(spec.get("data_path")))
+    t["data"] = time.time()
+    run = TrialRun(_trial_config(spec), data=data)
+    t["built"] = time.time()
+    m = run.train_epoch()
+    t["first_epoch"] = time.time()
+    _reply({"times": t, "epoch_seconds": m.seconds, "images": run.steps_per_epoch * run.config.batch_size,
+            "accelerator": backend.describe_accelerator()})
+
+
+def first_epoch(spec: dict[str, Any], *, backend: str, timeout: float) -> dict[str, Any]:
+    """Command → first epoch: seconds from starting a fresh Python process to the end of its first training
+    epoch (imports, data, build, compile and trace included), and the milestones in between."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.time()
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "first-epoch", json.dumps(spec)],
+                       capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"first-epoch run failed (exit {p.returncode}): {p.stderr[-2000:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    times = r.pop("times")
+    return {"command_to_first_epoch_s": round(times["first_epoch"] - t0, 2),
+            **{f"to_{k}_s": round(v - t0, 2) for k, v in times.items() if k != "first_epoch"}, **r}
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["worker"]:
     worker_main()
+elif __name__ == "__main__" and sys.argv[1:2] == ["first-epoch"]:
+    first_epoch_main(json.loads(sys.argv[2]))

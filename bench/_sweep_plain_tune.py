@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
              object_store_memory=200 << 20, runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3",
                                                                       "KERAS_BACKEND": "tensorflow"}})
 
-    def trainable(config: dict, data: object = None) -> None:
+    def trainable(config: dict, data: Any = None) -> None:
         from bnsweep.engine.trial import run
 
         def event(**e: object) -> None:

@@ -20,14 +20,14 @@ from _harness import Worker, interleave, machine, median_ips, median_ratio, spre
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replicas", default="2,4")
-    p.add_argument("--regimes", default="bn")
+    p.add_argument("--regimes", default="all,bn")
     p.add_argument("--layouts", default="auto", help="fused layouts to measure: auto, separate, grouped")
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--backend", default="tensorflow")
-    p.add_argument("--precision", default=None, help="Keras dtype policy, e.g. mixed_bfloat16")
+    p.add_argument("--precision", default=None, help="the trial config's precision, e.g. mixed_bfloat16")
     p.add_argument("--data", default=None, help="npz path or synthetic:N (default: the shared CIFAR-10 subset)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json")
@@ -51,8 +51,8 @@ def main() -> None:
     summary = {n: median_ips(v) for n, v in res.items()}
     print(f"\nResNet-{a.depth}, batch {a.batch_size} per replica, {a.steps} steps, backend {a.backend}, "
           f"precision {a.precision or 'float32'}: aggregate images/s over all replicas")
-    for n, v in summary.items():
-        print(f"  {n:28s} {v:7.0f}")
+    for name, v in summary.items():
+        print(f"  {name:28s} {v:7.0f}")
     ratios = {}
     for name in res:
         if name.startswith("fused-"):

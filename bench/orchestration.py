@@ -56,7 +56,8 @@ def trial_configs(spec_file: Path) -> list[dict]:
     from bnsweep.sweep.space import resolve_trial_config
 
     spec = load_spec(spec_file)
-    return [resolve_trial_config(spec, {"lr": lr}, seed=spec.seed) for lr in LRS[:len(spec.parameters["lr"].values)]]
+    n = len(spec.parameters["lr"].values)  # type: ignore[union-attr]  # the spec's lr is a choice of values
+    return [resolve_trial_config(spec, {"lr": lr}, seed=spec.seed) for lr in LRS[:n]]
 
 
 def _env() -> dict[str, str]:

@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import SUBSET, machine, write_json
@@ -62,7 +63,7 @@ def main() -> None:
 
     data = load_data(DataConfig(source="npz", path=str(SUBSET), val_size=0))
     info = machine()
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for regime in a.regimes.split(","):
         run = TrialRun({"model": {"depth": a.depth}, "regime": regime, "batch_size": a.batch_size, "epochs": 100,
                         "steps_per_epoch": a.steps, "data": {"source": "npz", "path": str(SUBSET), "val_size": 0}},

@@ -152,3 +152,38 @@ def test_fast_batchnorm_docstring_example_runs():
 
     result = doctest.testmod(bnsweep.engine.batchnorm)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("cls", [FastBatchNormalization, KerasOpsBatchNormalization])
+def test_bfloat16_inputs_normalize_with_float32_statistics_like_keras(cls):
+    """Under mixed_bfloat16 the layer takes and returns bfloat16; the batch statistics, the moving averages
+    and γ/β stay float32 (as in Keras' BN): same outputs (to bfloat16 rounding), gradients, statistics."""
+    import tensorflow as tf
+
+    x32 = np.random.default_rng(0).normal(1.5, 2.0, (16, 6, 6, 5)).astype("float32")
+    x = tf.cast(tf.constant(x32), tf.bfloat16)
+    upstream = tf.cast(np.random.default_rng(1).normal(size=x32.shape).astype("float32"), tf.bfloat16)
+    stock = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype="mixed_bfloat16")
+    fast = cls(momentum=0.9, epsilon=1e-5, dtype="mixed_bfloat16")
+    stock.build(x.shape)
+    fast.build(x.shape)
+    stock.gamma.assign(np.linspace(0.2, 1.4, 5).astype("float32"))
+    for a, b in zip(stock.weights, fast.weights, strict=True):
+        b.assign(a)
+    results = []
+    for layer in (stock, fast):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y * upstream, tf.float32))
+        results.append((y, *tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])))
+        assert y.dtype == tf.bfloat16 and results[-1][1].dtype == tf.bfloat16  # activations and dx: bfloat16
+        assert all(v.dtype == "float32" for v in layer.weights)  # γ, β, moving statistics: float32
+    for name, a, b, tol in zip(("y", "dx", "dgamma", "dbeta"), *results, (2e-2, 3e-2, 2e-3, 1e-4), strict=True):
+        np.testing.assert_allclose(np.asarray(tf.cast(b, tf.float32)), np.asarray(tf.cast(a, tf.float32)),
+                                   rtol=tol, atol=tol, err_msg=name)
+    # the moving statistics are the float32 statistics of the bfloat16 input, not bfloat16-rounded ones
+    xb = np.asarray(tf.cast(x, tf.float32))
+    np.testing.assert_allclose(fast.moving_mean.numpy(), 0.1 * xb.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(fast.moving_variance.numpy(), 0.9 + 0.1 * xb.var(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(fast.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-5)

@@ -84,13 +84,14 @@ class TrialRun:
         cfg = self.config
         from bnsweep.engine import backend
 
-        backend.select_backend(cfg.backend)
+        backend.select_backend(cfg.backend, strategy=cfg.strategy)
         import keras
 
         from bnsweep.engine.batchnorm import use_fast_batchnorm
         from bnsweep.engine.data import make_preprocess
         from bnsweep.engine.models import build_resnet
         from bnsweep.engine.optimizers import make_optimizer
+        from bnsweep.engine.precision import float32_logits, precision_policy
         from bnsweep.engine.regimes import account, apply_regime
 
         backend.configure_threads(cfg.threads or threads or _cpus())
@@ -99,8 +100,10 @@ class TrialRun:
         keras.utils.set_random_seed(cfg.seed)
 
         # ---- the recipe (defaults: the paper / open_lth CIFAR ResNet) ----------------------
-        with backend.distribution_scope(cfg.strategy):  # TPU / multi-GPU: build inside
+        # TPU / multi-GPU: build inside the strategy; mixed_bfloat16: layers built under that policy
+        with backend.distribution_scope(cfg.strategy), precision_policy(cfg.precision):
             self.net = build_resnet(cfg.model, seed=cfg.seed)  # Kaiming-normal, γ ~ U[0,1) or 1
+            float32_logits(self.net)  # logits and loss in float32 under mixed_bfloat16 (engine/precision.py)
             use_fast_batchnorm(self.net)  # same BN, fused kernels: ~1.5× faster steps on TF/CPU (engine/batchnorm.py)
             self.applied = apply_regime(self.net, cfg.model, cfg.regime, seed=cfg.seed)  # per variable
             preprocess = make_preprocess(mean=self.data.mean, std=self.data.std, augment=cfg.data.augment,
@@ -130,7 +133,7 @@ class TrialRun:
         self.history: list[EpochMetrics] = []
         self.epoch = 0
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        if self.checkpoint_dir and (self.checkpoint_dir / "state.json").exists():
+        if self.checkpoint_dir and (self.checkpoint_dir / CHECKPOINT_STATE).exists():
             self._restore()
 
     # ------------------------------------------------------------------ training
@@ -232,7 +235,7 @@ class TrialRun:
             gamma_near_zero=self.gamma_near_zero(),
             wall_seconds=time.perf_counter() - self.started,
             images_per_sec=float(np.mean([m.images_per_sec for m in self.history])) if self.history else None,
-            accelerator=describe_accelerator(),
+            accelerator=describe_accelerator(precision=self.config.precision),
             data={**self.data.sizes, "source": self.data.description,
                   "test_is_holdout": self.data.test_is_holdout},
             history=list(self.history),
@@ -240,12 +243,7 @@ class TrialRun:
 
     def gamma_near_zero(self, threshold: float = 0.01) -> float:
         """Share of BN γ with |γ| < threshold (the paper: BN-only disables about a third)."""
-        import keras
-
-        gammas = [keras.ops.convert_to_numpy(layer.gamma).ravel() for layer in self.net.layers
-                  if isinstance(layer, keras.layers.BatchNormalization)]
-        g = np.concatenate(gammas)
-        return float(np.mean(np.abs(g) < threshold))
+        return gamma_near_zero(self.net, threshold)
 
     # ------------------------------------------------------------------ checkpoints
     def _variables(self) -> list[Any]:
@@ -257,30 +255,61 @@ class TrialRun:
     def _save(self) -> None:
         """Weights, optimizer state (momentum, step) and RNG state, written then renamed."""
         assert self.checkpoint_dir is not None
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         import keras
 
-        arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self._variables())}
-        atomic_write(self.checkpoint_dir / "variables.npz", lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
-        state = {"epoch": self.epoch, "config_hash": config_hash(self.config),
-                 "history": [asdict(m) for m in self.history]}
-        atomic_write_text(self.checkpoint_dir / "state.json", json.dumps(state))
+        save_checkpoint(self.checkpoint_dir, [keras.ops.convert_to_numpy(v) for v in self._variables()],
+                        epoch=self.epoch, config=self.config, history=self.history)
 
     def _restore(self) -> None:
         assert self.checkpoint_dir is not None
-        state = json.loads((self.checkpoint_dir / "state.json").read_text())
-        if state["config_hash"] != config_hash(self.config):
-            raise ValueError(f"{self.checkpoint_dir}: checkpoint of another configuration "
-                             f"({state['config_hash']}, this trial is {config_hash(self.config)})")
         variables = self._variables()
-        with np.load(self.checkpoint_dir / "variables.npz", allow_pickle=False) as f:
-            if len(f.files) != len(variables):
-                raise ValueError(f"{self.checkpoint_dir}: checkpoint holds {len(f.files)} variables, "
-                                 f"the model has {len(variables)}")
-            for i, v in enumerate(variables):
-                v.assign(f[f"v{i:05d}"])
-        self.epoch = int(state["epoch"])
-        self.history = [EpochMetrics(**m) for m in state["history"]]
+        self.epoch, self.history, arrays = load_checkpoint(self.checkpoint_dir, self.config, expected=len(variables))
+        for v, a in zip(variables, arrays, strict=True):
+            v.assign(a)
+
+
+def gamma_near_zero(net: Any, threshold: float = 0.01) -> float:
+    """Share of the BN γ of ``net`` with |γ| < threshold."""
+    import keras
+
+    gammas = [keras.ops.convert_to_numpy(layer.gamma).ravel() for layer in net.layers
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    return float(np.mean(np.abs(np.concatenate(gammas)) < threshold))
+
+
+# A trial's checkpoint (also a fused replica's, engine/fused_replicates.py), in ``checkpoint_dir``:
+#   variables.npz  v00000, v00001, ...: the model's variables (augmentation RNG state, then the network's),
+#                  then the optimizer's (step counter, then its slots in the order it built them)
+#   state.json     {"epoch": epochs trained, "config_hash": config_hash(config), "history": [EpochMetrics]}
+CHECKPOINT_STATE, CHECKPOINT_VARIABLES = "state.json", "variables.npz"
+
+
+def save_checkpoint(directory: str | Path, arrays: list[np.ndarray], *, epoch: int, config: TrialConfig,
+                    history: list[EpochMetrics]) -> None:
+    """Write a checkpoint (arrays first; each file written then renamed, so a crash leaves the old one)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    named = {f"v{i:05d}": a for i, a in enumerate(arrays)}
+    atomic_write(directory / CHECKPOINT_VARIABLES, lambda f: np.savez(f, **named))  # type: ignore[arg-type]
+    state = {"epoch": epoch, "config_hash": config_hash(config), "history": [asdict(m) for m in history]}
+    atomic_write_text(directory / CHECKPOINT_STATE, json.dumps(state))
+
+
+def load_checkpoint(directory: str | Path, config: TrialConfig, *,
+                    expected: int) -> tuple[int, list[EpochMetrics], list[np.ndarray]]:
+    """(epoch, history, arrays) of a checkpoint of ``config`` holding ``expected`` arrays; ``ValueError`` for a
+    checkpoint of another configuration or another model."""
+    directory = Path(directory)
+    state = json.loads((directory / CHECKPOINT_STATE).read_text())
+    if state["config_hash"] != config_hash(config):
+        raise ValueError(f"{directory}: checkpoint of another configuration "
+                         f"({state['config_hash']}, this trial is {config_hash(config)})")
+    with np.load(directory / CHECKPOINT_VARIABLES, allow_pickle=False) as f:
+        if len(f.files) != expected:
+            raise ValueError(f"{directory}: checkpoint holds {len(f.files)} variables, "
+                             f"the model has {expected}")
+        arrays = [f[f"v{i:05d}"] for i in range(expected)]
+    return int(state["epoch"]), [EpochMetrics(**m) for m in state["history"]], arrays
 
 
 def run(config: TrialConfig | dict[str, Any], *, report: Report | None = None, data: Splits | None = None,
@@ -312,7 +341,9 @@ def _jit(cfg: TrialConfig) -> bool:
     """
     if cfg.jit_compile != "auto":
         return bool(cfg.jit_compile)
-    return cfg.backend == "jax"
+    import keras
+
+    return keras.backend.backend() == "jax"  # the backend that runs (``backend: auto`` resolved)
 
 
 def _cpus() -> int:

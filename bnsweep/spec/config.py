@@ -35,9 +35,11 @@ Arch = Literal["resnet", "idiomatic_bottleneck"]
 Source = Literal["cifar10", "npz", "dir", "synthetic"]
 Augment = Literal["paper", "notebook", "none"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
-Backend = Literal["tensorflow", "jax"]
+Backend = Literal["tensorflow", "jax", "auto"]  # auto: engine.backend.resolve_backend (JAX on a GPU, else TF)
 Strategy = Literal["none", "mirrored", "tpu"]
 LrScaling = Literal["none", "linear", "sqrt"]
+Precision = Literal["float32", "mixed_bfloat16"]
+ReplicatesLayout = Literal["separate", "fused", "auto"]
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -178,6 +180,11 @@ class TrialConfig:
     threads: int | None = None  # TF intra-op threads; None: the trial's CPUs
     steps_per_epoch: int | None = None  # cap (tests, probes); None: a full pass over the data
     strategy: Strategy = "none"  # TensorFlow distribution: tpu = TPUStrategy (all cores), mirrored = all GPUs
+    # Keras dtype policy; mixed_bfloat16 keeps BN statistics, logits, loss and optimizer state in float32
+    precision: Precision = "float32"
+    # How a configuration's seeds train: separate = one TrialRun each, fused = one FusedTrialRun
+    # (engine/fused_replicates.py), auto = fused on a GPU/TPU, separate on a CPU. Not hashed (see config_hash).
+    replicates_layout: ReplicatesLayout = "separate"
 
     def __post_init__(self) -> None:
         _check_choice("regime", self.regime, REGIMES)
@@ -188,8 +195,10 @@ class TrialConfig:
         _check_positive("epochs", self.epochs, integer=True, maximum=MAX_EPOCHS)
         _check_choice("backend", self.backend, get_args(Backend))
         _check_choice("strategy", self.strategy, get_args(Strategy))
-        if self.strategy != "none" and self.backend != "tensorflow":
-            raise ConfigError("strategy", self.strategy, "'none' unless backend is 'tensorflow'")
+        _check_choice("precision", self.precision, get_args(Precision))
+        _check_choice("replicates_layout", self.replicates_layout, get_args(ReplicatesLayout))
+        if self.strategy != "none" and self.backend == "jax":
+            raise ConfigError("strategy", self.strategy, "'none' unless backend is 'tensorflow' (or 'auto')")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError("seed", self.seed, "an integer")
         if not isinstance(self.lr_schedule, dict) or "type" not in self.lr_schedule:
@@ -282,14 +291,23 @@ def unflatten(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Keys added after run directories already existed: hashed only when they differ from their default,
-# so every configuration written before them keeps its hash (resume, checkpoints, group_hash).
-_HASHED_ONLY_OFF_DEFAULT: dict[str, Any] = {"model.arch": "resnet"}
+# Not part of what a configuration is: how its replicates are scheduled (a run may switch on resume; the
+# separate and fused layouts train the same numbers).
+NOT_HASHED = ("replicates_layout",)
+# Fields added after run directories existed: hashed only when not at their default, so the runs made
+# before them keep their hashes (and resume).
+HASHED_UNLESS_DEFAULT: dict[str, Any] = {"precision": "float32", "model.arch": "resnet"}
 
 
 def config_hash(cfg: TrialConfig, *, ignore: tuple[str, ...] = ()) -> str:
-    """12 hex digits naming a configuration; ``ignore=("seed",)`` groups replicates together."""
+    """12 hex digits naming a configuration; ``ignore=("seed",)`` groups replicates together.
+
+    >>> config_hash(TrialConfig(replicates_layout="fused")) == config_hash(TrialConfig())
+    True
+    >>> config_hash(TrialConfig(precision="mixed_bfloat16")) == config_hash(TrialConfig())
+    False
+    """
     d = {k: v for k, v in flatten(cfg.to_dict()).items()
-         if k not in ignore and not (k in _HASHED_ONLY_OFF_DEFAULT and v == _HASHED_ONLY_OFF_DEFAULT[k])}
+         if k not in ignore and k not in NOT_HASHED and HASHED_UNLESS_DEFAULT.get(k, object()) != v}
     blob = json.dumps(d, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
