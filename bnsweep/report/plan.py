@@ -141,7 +141,7 @@ def _representative_schedules(spec: Any) -> list[tuple[str, dict[str, Any]]]:
 def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanReport:
     from bnsweep.engine.regimes import account
     from bnsweep.spec.config import ModelConfig, TrialConfig
-    from bnsweep.spec.schedules import planned_lr
+    from bnsweep.spec.schedules import parse_schedule, planned_lr
     from bnsweep.sweep.space import count_configurations
 
     base = TrialConfig.from_dict(spec.base_trial_config())
@@ -165,7 +165,7 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4) -> PlanRep
     report.total_train_flops = mean_flops * report.trainings
     lr = base.replace(lr=float(_values(spec, "lr", base.lr)[0])).effective_lr  # the peak LR that trains
     for name, sched in _representative_schedules(spec):
-        curve = planned_lr(sched, lr=float(lr), epochs=epochs)
+        curve = planned_lr(parse_schedule(sched), lr=float(lr), epochs=epochs)
         report.schedules.append({"name": name, "schedule": sched, "lr": lr, "curve": curve})
     if probe:
         report.probe_images_per_sec, report.probe_note = _probe(base, combos, steps=probe_steps)

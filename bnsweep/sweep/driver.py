@@ -180,13 +180,9 @@ def _rel(p: Path) -> str:
 
 
 def _write_run_files(run_dir: Path, spec: Any, overrides: dict[str, Any], options: LaunchOptions) -> None:
-    import yaml
-
     from bnsweep.base.meta import library_versions
 
-    raw = dict(spec.raw)  # canonical: includes merged, command-line overrides already applied
-    raw.pop("include", None)
-    atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    atomic_write_text(run_dir / "spec.yaml", spec.to_yaml())  # includes merged, command-line overrides applied
     from bnsweep.spec.sweep_spec import load_spec
 
     saved = load_spec(run_dir / "spec.yaml")  # the saved spec must load back to the same sweep
@@ -273,7 +269,7 @@ def _run(run_dir: Path, spec: Any, *, options: LaunchOptions, restore: bool, dat
             "run_dir": str(run_dir), "sweep": spec.name, "spec_hash": info["spec_hash"],
             "git_commit": info.get("git_commit"), "versions": info.get("versions", {}),
             "replicates": spec.replicates, "seed_base": spec.seed, "threads": max(1, math.floor(cpus)),
-            "tracking": dict(spec.tracking),
+            "tracking": spec.tracking.model_dump(),
         }
         resources = {"cpu": cpus, "gpu": spec.resources.gpu}
         if spec.resources.tpu:
@@ -345,10 +341,9 @@ def _counts(table: Any, *, total: int) -> dict[str, int]:
 
 def _log_summary(run_dir: Path, spec: Any) -> None:
     """The sweep's W&B summary run: results tables and any plots made so far (never raises)."""
-    from bnsweep.store.tracking import TrackingConfig, log_sweep_summary
+    from bnsweep.store.tracking import log_sweep_summary
 
-    known = set(TrackingConfig.__dataclass_fields__)
-    tracking = TrackingConfig(**{k: v for k, v in dict(spec.tracking).items() if k in known})
+    tracking = spec.tracking
     tables = [p for p in (run_dir / "results.csv", run_dir / "history.csv") if p.exists()]
     plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
     log_sweep_summary(tracking=tracking, run_dir=run_dir, sweep=spec.name, table_paths=tables, plot_paths=plots,

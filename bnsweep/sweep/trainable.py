@@ -68,8 +68,7 @@ def _train(config: dict[str, Any], *, meta: dict[str, Any], data: Any, trial_id:
     keras.backend.clear_session()  # a reused worker: free the previous trial's graphs and models
     resolved = config["resolved"]
     record_meta = {k: meta[k] for k in ("sweep", "spec_hash", "git_commit", "versions")}
-    known = set(TrackingConfig.__dataclass_fields__)
-    tracking = TrackingConfig(**{k: v for k, v in meta.get("tracking", {}).items() if k in known})
+    tracking = TrackingConfig.model_validate(meta.get("tracking", {}))
     runs: dict[int, Any] = {}
     latest: dict[int, dict[str, float]] = {}
     trackers: dict[int, Any] = {}
