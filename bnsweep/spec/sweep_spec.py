@@ -719,7 +719,7 @@ class _FileReader:
     # ---- top level
     def read(self, data: Mapping[Any, Any]) -> _Layer:
         for ypath in self.lines:
-            if not ypath.startswith(("fixed", "parameters")):
+            if ypath in ("fixed", "parameters") or not ypath.startswith(("fixed", "parameters")):
                 self.layer.locs[ypath] = self.loc(ypath)
         for key, value in data.items():
             if not isinstance(key, str):
