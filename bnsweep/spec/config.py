@@ -105,10 +105,11 @@ class DataConfig(Section):
         return self
 
     def known_train_images(self) -> int | None:
-        """Training images per epoch as far as the config alone says (None: it depends on the data)."""
-        if self.source == "synthetic":
-            return self.synthetic_size
-        return None if self.train_size is None else self.train_size - self.val_size
+        """At most how many images train, as far as the config alone says (``train_size`` less the validation
+        images carved from it); None: it depends on the data (or the source is synthetic)."""
+        if self.source == "synthetic" or self.train_size is None:
+            return None
+        return self.train_size - self.val_size
 
 
 class OptimizerConfig(Section):
@@ -164,10 +165,12 @@ class TrialConfig(Section):
         if self.strategy != "none" and self.backend != "tensorflow":
             raise ConfigError("strategy", self.strategy, "'none' unless backend is 'tensorflow'")
         images = self.data.known_train_images()
+        if images is not None and images < 1:
+            raise ConfigError("data.val_size", self.data.val_size,
+                              f"fewer than data.train_size ({self.data.train_size}): validation is carved from them")
         if images is not None and self.batch_size > images:
-            where = ("data.synthetic_size" if self.data.source == "synthetic"
-                     else f"data.train_size {self.data.train_size} − data.val_size {self.data.val_size}")
-            raise ConfigError("batch_size", self.batch_size, f"at most the training images ({where} = {images:,})")
+            where = f"data.train_size {self.data.train_size} − data.val_size {self.data.val_size} = {images:,}"
+            raise ConfigError("batch_size", self.batch_size, f"at most the training images ({where})")
         return self
 
     @property

@@ -1,6 +1,6 @@
-"""The sweep-level sections of a spec, typed: ``metric``, ``scheduler``, ``resources``, ``tracking`` (the one
-definition W&B tracking uses too), the parameter specs (``values`` / ``value`` / ``distribution`` / ``one_of``),
-and ``SpecFile``, the spec file's top level (what ``bnsweep schema`` describes).
+"""The sweep-level sections of a spec, typed: ``metric``, ``scheduler``, ``resources``, ``tracking``
+(``bnsweep.spec.tracking``, the one definition W&B tracking uses too), the parameter specs (``values`` /
+``value`` / ``distribution`` / ``one_of``), and ``SpecFile``, the spec file's top level (``bnsweep schema``).
 
 Building one directly raises ``SpecError`` with every problem:
 
@@ -23,6 +23,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from bnsweep.spec.errors import ConfigError, ConfigErrors, Problem, SpecError, message
 from bnsweep.spec.fields import Allowed, ListOut, Number, Section, config_errors
+from bnsweep.spec.tracking import TrackingConfig
 
 __all__ = ["DISTRIBUTION_KINDS", "METHODS", "METRIC_NAMES", "SCHEDULER_TYPES", "Constant", "Distribution", "Metric",
            "OneOf", "Param", "Resources", "SchedulerSpec", "SpecFile", "SpecSection", "TrackingConfig", "Values"]
@@ -100,25 +101,6 @@ class Resources(SpecSection):
                    Allowed("a number >= 0 (fractions allowed)")] = Field(
         0, description="GPUs per trial (a fraction <= 1 shares a GPU, or a whole number)")
     tpu: int = Field(0, ge=0, le=4096, description="TPU chips per trial")
-
-
-class TrackingConfig(SpecSection):
-    """Weights & Biases tracking (``bnsweep.store.tracking``): one run per trial replicate, one summary run.
-
-    ``mode: auto`` logs online only when an API key is configured, else offline (sync later with ``wandb sync``).
-    """
-
-    wandb: bool = Field(True, description="log to W&B (false: never import wandb)")
-    project: NonEmpty | None = Field("bnsweep", description="W&B project")
-    entity: NonEmpty | None = Field(None, description="W&B entity (team or user); empty: your default")
-    mode: Literal["auto", "offline", "online", "disabled"] = Field(
-        "auto", description="auto: online when an API key is configured, else offline; disabled: no W&B")
-    group: NonEmpty | None = Field(None, description="W&B group prefix (default: the sweep name); the runs of a "
-                                                     "configuration are grouped as GROUP/<config hash>")
-    tags: Annotated[tuple[NonEmpty, ...], Field(strict=False), ListOut, Allowed("a list of strings")] = Field(
-        (), description="W&B tags of every run of the sweep")
-    init_timeout: Annotated[Number, Field(gt=0, le=3600)] = Field(
-        20.0, description="seconds wandb.init may take (online: reaching the server) before W&B is switched off")
 
 
 # ---------------------------------------------------------------- parameter specs

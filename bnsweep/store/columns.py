@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from bnsweep.base.atomic import atomic_write_text
 from bnsweep.spec.config import TrialConfig, config_keys, selectors
 from bnsweep.spec.fields import tags_of
 
@@ -171,7 +172,7 @@ def regenerate_docs(path: str | Path) -> bool:
     text = "\n".join(out)
     changed = text != path.read_text(encoding="utf-8")
     if changed:
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)
     return changed
 
 

@@ -54,7 +54,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from bnsweep.spec.sections import TrackingConfig  # the spec's `tracking:` section, one definition
+from bnsweep.spec.tracking import TrackingConfig  # the spec's `tracking:` section, one definition
 
 __all__ = ["TrackingConfig", "TrackingWarning", "TrialTracker", "log_sweep_summary", "resolve_mode", "scrub_secrets",
            "tracking_failure"]
