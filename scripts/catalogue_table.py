@@ -210,6 +210,8 @@ def header_comment(path: Path) -> str:
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
+        if line.startswith("# yaml-language-server:"):
+            continue  # the editor's schema line, not the spec's description
         lines.append(line[2:] if line.startswith("# ") else line[1:])
     return "\n".join(lines)
 
