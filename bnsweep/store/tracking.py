@@ -52,14 +52,25 @@ import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from bnsweep.spec.tracking import TrackingConfig  # the spec's `tracking:` section, one definition
+if TYPE_CHECKING:
+    from bnsweep.spec.tracking import TrackingConfig  # the spec's `tracking:` section, one definition
 
 __all__ = ["TrackingConfig", "TrackingWarning", "TrialTracker", "log_sweep_summary", "resolve_mode", "scrub_secrets",
            "tracking_failure"]
 
 log = logging.getLogger(__name__)
+
+
+def __getattr__(name: str) -> Any:
+    """``TrackingConfig`` (the spec's ``tracking:`` section) is loaded on first use: importing this module stays
+    fast (no pydantic, no wandb) for processes that never track."""
+    if name == "TrackingConfig":
+        from bnsweep.spec.tracking import TrackingConfig
+
+        return TrackingConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 MASK = "***"
 
