@@ -148,7 +148,7 @@ def _histories(dirs: list[Path]) -> pd.DataFrame:
 
 
 def _lr_curves(dirs: list[Path], **_: Any) -> tuple[Figure, str]:
-    from bnsweep.spec.schedules import planned_lr
+    from bnsweep.spec.schedules import parse_schedule, planned_lr
 
     df = load_runs(dirs)
     df = df[df["config_json"].notna()]
@@ -170,7 +170,7 @@ def _lr_curves(dirs: list[Path], **_: Any) -> tuple[Figure, str]:
         seen.add(key)
         kind = sched["type"]
         per_epoch = 1 if epochs > 400 else max(1, 400 // epochs)  # the within-epoch shape (cosine, warm-up)
-        plan = planned_lr(sched, lr=lr, epochs=epochs, points_per_epoch=per_epoch)
+        plan = planned_lr(parse_schedule(sched), lr=lr, epochs=epochs, points_per_epoch=per_epoch)
         positive &= min(plan) > 0
         x = np.arange(len(plan) + 1) / per_epoch  # a point's LR spans [t, t + 1/per_epoch) epochs elapsed
         n_same = int((df["lr_schedule.type"] == kind).sum())

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bnsweep {plan,launch,status,resume,export,compare,plot} ...``.
+"""Command line: ``python -m bnsweep {plan,launch,schema,status,resume,export,compare,plot} ...``.
 
 Bad input (spec, data files, arguments, run directories) ends in one line per problem on stderr
 and exit status 2, never a traceback; Ctrl-C ends a launch cleanly with how to resume (status 130;
@@ -74,29 +74,36 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _load(args: argparse.Namespace) -> Any:
-    import dataclasses
+_FLAGS = {"trials": "--trials", "replicates": "--replicates", "max_concurrent": "--max-concurrent",
+          "resources.cpu": "--cpus-per-trial", "resources.gpu": "--gpus-per-trial"}
 
-    from bnsweep.spec.sweep_spec import SpecError, load_spec
+
+def _load(args: argparse.Namespace) -> Any:
+    """The spec of ``args`` with the command line's overrides applied (problems name the flag); its warnings
+    (a schedule that cannot do what it says...) are printed, one line each."""
+    from bnsweep.spec.errors import Problem
+    from bnsweep.spec.sweep_spec import SpecError, describe_grid, grid_size, load_spec
 
     spec = load_spec(args.spec, overrides=_overrides(args))
-    changes = {k: getattr(args, k) for k in ("trials", "replicates", "max_concurrent")
-               if getattr(args, k, None) is not None}
-    for k, v in list(changes.items()):
-        if v < 1:
-            raise _Bad(f"--{k.replace('_', '-')}: expected an integer >= 1, received {v}")
+    changes: dict[str, Any] = {k: getattr(args, k) for k in ("trials", "replicates", "max_concurrent")
+                               if getattr(args, k, None) is not None}
     res = {k: v for k, v in (("cpu", getattr(args, "cpus_per_trial", None)),
                              ("gpu", getattr(args, "gpus_per_trial", None))) if v is not None}
     if res:
+        changes["resources"] = {**spec.resources.model_dump(exclude_unset=True), **res}
+    where = f"bnsweep {args.verb}"
+    trials = changes.get("trials")
+    if spec.method == "grid" and isinstance(trials, int) and trials > grid_size(spec.parameters):
+        raise _Bad(f"--trials {trials}: the grid of {args.spec} has {describe_grid(spec.parameters)}, each run once; "
+                   f"give at most {grid_size(spec.parameters):,} (the first N points), or leave --trials out")
+    if changes:
         try:
-            changes["resources"] = dataclasses.replace(spec.resources, **res)
-        except (ValueError, TypeError, SpecError) as e:
-            raise _Bad(f"--cpus-per-trial/--gpus-per-trial: {e}".replace("<spec>: ", "")) from None
-    if not changes:
-        return spec
-    raw = {**spec.raw, **{k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v)
-                          for k, v in changes.items()}}
-    return dataclasses.replace(spec, **changes, raw=raw)  # the saved spec is what runs
+            spec = spec.replace(**changes)  # the saved spec is what runs
+        except SpecError as e:
+            raise SpecError([Problem(where, None, _FLAGS.get(p.key, p.key), p.message) for p in e.problems]) from None
+    for w in spec.warnings:
+        print(printable(f"warning: {w}"), file=sys.stderr)
+    return spec
 
 
 def _check_ray_args(args: argparse.Namespace, spec: Any = None) -> None:
@@ -171,6 +178,18 @@ def _exit_status(outcome: Any) -> int:
     if not outcome.finished:
         return EXIT_INTERRUPTED
     return 0 if outcome.complete else EXIT_INCOMPLETE
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from bnsweep.spec.schema import spec_schema_json
+
+    text = spec_schema_json()
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -294,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "or a cifar-10-batches-py directory")
         q.add_argument("--epochs", type=int, help="override the epochs of every trial")
         q.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override any trial-config key, e.g. --set model.depth=14 (repeatable)")
-        q.add_argument("--trials", type=int, help="override the number of sampled configurations")
+                       help="override any trial-config key, e.g. --set model.depth=14 (repeatable; the keys are "
+                            "listed below)")
+        q.add_argument("--trials", type=int, help="override the number of sampled configurations (a grid: its "
+                                                  "first N points)")
         q.add_argument("--replicates", type=int, help="override the seeds per configuration")
         q.add_argument("--max-concurrent", type=int, dest="max_concurrent")
         q.add_argument("--cpus-per-trial", type=float, help="override resources.cpu of the spec")
@@ -311,7 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
         q.add_argument("--quiet", action="store_true", help="JSON lines instead of the live display")
 
-    q = sub.add_parser("plan", help="validate, expand, count parameters, show LR curves, estimate cost")
+    from bnsweep.spec.config import keys_help
+
+    keys = argparse.RawDescriptionHelpFormatter
+    epilog = "trial-config keys (for --set, `fixed:` and `parameters:`; `bnsweep schema` writes the spec format):\n" \
+        + keys_help()
+    q = sub.add_parser("plan", help="validate, expand, count parameters, show LR curves, estimate cost",
+                       epilog=epilog, formatter_class=keys)
     spec_args(q)
     q.add_argument("--no-probe", action="store_true", help="skip the measured speed probe")
     q.add_argument("--for-cluster", action="store_true",
@@ -320,12 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_plan)
 
-    q = sub.add_parser("launch", help="run a sweep")
+    q = sub.add_parser("launch", help="run a sweep", epilog=epilog, formatter_class=keys)
     spec_args(q)
     ray_args(q)
     q.add_argument("--run-dir", help="a path or a URI (s3://BUCKET/PREFIX, gs://..., any fsspec filesystem); "
                                      "default runs/<spec name>")
     q.set_defaults(func=cmd_launch)
+
+    q = sub.add_parser("schema", help="the JSON Schema of a sweep spec (for editors: docs/sweep-spec.schema.json)")
+    q.add_argument("--out", help="write it to this file (default: print)")
+    q.set_defaults(func=cmd_schema)
 
     q = sub.add_parser("resume", help="continue a sweep after a crash or Ctrl-C")
     q.add_argument("run_dir", help="the run directory: a path or a URI (s3://BUCKET/PREFIX, ...)")

@@ -182,9 +182,10 @@ def doc(rows: list[dict[str, Any]], note: str) -> str:
                    + (", per-channel normalization" if fixed.get("data.normalize", True) else ", no normalization")
                    + ")")
         opt = {k.split(".", 1)[1]: v for k, v in fixed.items() if k.startswith("optimizer.")}
+        sched = {k.split(".", 1)[1]: v for k, v in fixed.items() if k.startswith("lr_schedule.")}
         recipe = [f"batch {fixed.get('batch_size', 128)}" if "batch_size" in fixed else None,
                   f"lr {fixed['lr']:g}" if "lr" in fixed else None,
-                  f"schedule {fixed['lr_schedule']}" if "lr_schedule" in fixed else None,
+                  f"schedule {sched}" if sched else None,
                   f"optimizer {opt}" if opt else None,
                   f"γ init {fixed['model.gamma_init']}" if "model.gamma_init" in fixed else None]
         out.append("- fixed: " + "; ".join(x for x in recipe if x))
@@ -209,6 +210,8 @@ def header_comment(path: Path) -> str:
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
+        if line.startswith("# yaml-language-server:"):
+            continue  # the editor's schema line, not the spec's description
         lines.append(line[2:] if line.startswith("# ") else line[1:])
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import pickle
+import re
 import shutil
 import string
 import subprocess
@@ -58,7 +59,7 @@ SECTION_KEYS = {  # the keys each mapping of BASE allows (anything else is unkno
     ("metric",): ["name", "goal"],
     ("scheduler",): ["type", "grace_period", "reduction_factor"],
     ("resources",): ["cpu", "gpu", "tpu"],
-    ("tracking",): ["wandb", "project", "entity", "mode", "group", "tags"],
+    ("tracking",): ["wandb", "project", "entity", "mode", "group", "tags", "init_timeout"],
     ("fixed", "model"): ["depth", "width", "gamma_init", "num_classes"],
     ("fixed", "data"): ["source", "dataset", "path", "test_path", "train_size", "val_size", "test_size", "split_seed",
                         "augment", "normalize", "synthetic_size"],
@@ -401,7 +402,7 @@ def test_bad_spec_arguments_are_refused(work, capsys, flag, data, verb):
     plan = ["plan", str(spec), flag, value, "--no-probe"]
     rc, out, err = _run(capsys, plan)
     if rc == 0:  # a drawn value that is valid after all (e.g. --set regime=all, --gpus-per-trial 0)
-        assert err == "", (plan, err)
+        assert all(line.startswith("warning: ") for line in err.splitlines()), (plan, err)  # (--set epochs=1)
         COUNTS["cli: spec arguments (valid after all)"] += 1
         return  # (and never launched: that would run a sweep)
     argv = plan if verb == "plan" else ["launch", str(spec), flag, value, "--run-dir", str(run_dir)]
@@ -640,7 +641,7 @@ def test_huge_integers_in_the_trial_config_are_refused(work, capsys, key, value)
     spec.write_bytes(_dump(BASE))
     rc, out, err = _run(capsys, ["plan", str(spec), "--no-probe", "--set", f"{key}={value}"])
     _assert_clean_refusal(rc, out, err, names=("<overrides>", "bnsweep"), what=key)
-    assert key in err and "<=" in err, err
+    assert key in err and re.search(r"from \d+ to [\d,]+,|<= [\d,]+", err), err  # the bound, in the message
     COUNTS["cli: huge trial-config integers"] += 1
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from bnsweep.cli import main
 from bnsweep.spec.config import REGIMES, TrialConfig
-from bnsweep.spec.schedules import planned_lr
+from bnsweep.spec.schedules import parse_schedule, planned_lr
 from bnsweep.spec.sweep_spec import OneOf, SweepSpec, Values, load_spec
 from bnsweep.sweep.space import grid_points, resolve_trial_config
 
@@ -125,7 +125,7 @@ def test_notebook_recipe_is_the_notebooks_settings_with_schedules_in_epochs(caps
     constant = [c for c in configs if c["lr_schedule"]["type"] == "constant"]
     assert {c["lr"] for c in constant} >= {0.01}  # the notebooks' "SGD" runs: lr 0.01, no schedule
     for c in configs:
-        curve = planned_lr(c["lr_schedule"], lr=c["lr"], epochs=c["epochs"])
+        curve = planned_lr(parse_schedule(c["lr_schedule"]), lr=c["lr"], epochs=c["epochs"])
         # Never the notebooks' CosineDecay(0.1, decay_steps=1000): LR 0 after 2.6-12.7 epochs, then 70 epochs at 0.
         assert sum(curve) / len(curve) > 0.25 * c["lr"], c["lr_schedule"]
         assert max(curve[60:]) > 0  # still training near the end
@@ -134,7 +134,7 @@ def test_notebook_recipe_is_the_notebooks_settings_with_schedules_in_epochs(caps
         if c["lr_schedule"]["type"] == "cosine":
             assert curve[3] > 0.9 * c["lr"]
     restarts = next(c for c in configs if c["lr_schedule"]["type"] == "cosine_restarts")
-    curve = planned_lr(restarts["lr_schedule"], lr=1.0, epochs=75)
+    curve = planned_lr(parse_schedule(restarts["lr_schedule"]), lr=1.0, epochs=75)
     peaks = [e for e in range(1, 75) if curve[e] > curve[e - 1] + 0.5]
     assert peaks == [11, 33]  # three cycles (1/7, 2/7, 4/7 of the run), the last ending with the run
     # The plan shows the same curve before launch.
@@ -154,7 +154,7 @@ def test_paper_recipe_specs_train_with_the_papers_recipe(name):
         assert c["epochs"] == 160 and c["model"]["gamma_init"] == "uniform"
         assert (c["data"]["augment"], c["data"]["normalize"]) == ("paper", True)
         assert c["data"]["val_size"] > 0  # validation carved from training images, never the test set
-        curve = planned_lr(c["lr_schedule"], lr=c["lr"], epochs=c["epochs"])
+        curve = planned_lr(parse_schedule(c["lr_schedule"]), lr=c["lr"], epochs=c["epochs"])
         assert (curve[79], curve[80], curve[119], curve[120]) == pytest.approx(
             (c["lr"], c["lr"] / 10, c["lr"] / 10, c["lr"] / 100))
 

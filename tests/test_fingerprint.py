@@ -48,8 +48,8 @@ def test_the_split_seed_and_sizes_change_it_through_the_data():
     base = DataConfig(source="synthetic", synthetic_size=64, val_size=16, test_size=16)
     fp = data_fingerprint(load_data(base))
     assert data_fingerprint(load_data(base)) == fp
-    assert data_fingerprint(load_data(dataclasses.replace(base, split_seed=1))) != fp
-    assert data_fingerprint(load_data(dataclasses.replace(base, val_size=8))) != fp
+    assert data_fingerprint(load_data(base.replace(split_seed=1))) != fp
+    assert data_fingerprint(load_data(base.replace(val_size=8))) != fp
 
 
 def test_fast_for_cifar10_sized_data():
@@ -69,6 +69,6 @@ def test_real_subset_by_two_routes(tmp_path):
     cfg = DataConfig(source="npz", path=str(SUBSET), val_size=500, test_size=500)
     with np.load(SUBSET, allow_pickle=False) as f:
         np.savez(tmp_path / "copy.npz", x_train=f["x_train"], y_train=f["y_train"])
-    copy = dataclasses.replace(cfg, path=str(tmp_path / "copy.npz"))
+    copy = cfg.replace(path=str(tmp_path / "copy.npz"))
     assert data_fingerprint(load_data(cfg)) == data_fingerprint(load_data(copy))
-    assert data_fingerprint(load_data(dataclasses.replace(cfg, train_size=5_000))) != data_fingerprint(load_data(cfg))
+    assert data_fingerprint(load_data(cfg.replace(train_size=5_000))) != data_fingerprint(load_data(cfg))

@@ -11,11 +11,12 @@ import math
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from bnsweep.engine.optimizers import make_keras_schedule, make_optimizer
 from bnsweep.spec.config import TrialConfig
 from bnsweep.spec.errors import ConfigError
-from bnsweep.spec.schedules import SCHEDULE_PARAMS, lr_at, planned_lr, resolve_schedule
+from bnsweep.spec.schedules import SCHEDULE_TYPES, lr_at, parse_schedule, planned_lr
 
 # One instance of every schedule type (non-default parameters where they matter).
 EVERY_SCHEDULE = {
@@ -36,15 +37,19 @@ EVERY_SCHEDULE = {
 }
 
 
+def S(schedule):
+    return parse_schedule(schedule) if isinstance(schedule, dict) else schedule
+
+
 def test_every_schedule_type_is_exercised():
-    assert {s["type"] for s in EVERY_SCHEDULE.values()} == set(SCHEDULE_PARAMS)
+    assert {s["type"] for s in EVERY_SCHEDULE.values()} == set(SCHEDULE_TYPES)
 
 
 def _keras_curve(schedule, *, lr, epochs, steps_per_epoch):
     """The LR the optimizer would use at every step of the run (float32, Keras ops)."""
     import keras
 
-    sched = make_keras_schedule(schedule, lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    sched = make_keras_schedule(S(schedule), lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
     steps = np.arange(epochs * steps_per_epoch + 1, dtype=np.int64)
     return steps, np.asarray(keras.ops.convert_to_numpy(sched(steps)), np.float64)
 
@@ -55,7 +60,7 @@ def _keras_curve(schedule, *, lr, epochs, steps_per_epoch):
 @pytest.mark.parametrize("epochs, drops", [(160, (80, 120)), (8, (4, 6)), (75, (38, 57))])
 def test_multistep_divides_by_ten_at_half_and_three_quarters(epochs, drops):
     """75 epochs: 0.5 → 37.5 and 0.75 → 56.25 take effect at the next epoch start (38, 57)."""
-    curve = planned_lr({"type": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}, lr=0.1, epochs=epochs)
+    curve = planned_lr(S({"type": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}), lr=0.1, epochs=epochs)
     expected = [0.1 * 0.1 ** sum(e >= d for d in drops) for e in range(epochs)]
     np.testing.assert_allclose(curve, expected, rtol=1e-12)
     changes = [e for e in range(1, epochs) if curve[e] != curve[e - 1]]
@@ -63,11 +68,11 @@ def test_multistep_divides_by_ten_at_half_and_three_quarters(epochs, drops):
 
 
 def test_milestones_in_epochs_equal_milestones_as_fractions():
-    frac = planned_lr({"type": "multistep", "milestones": [0.5, 0.75]}, lr=0.1, epochs=160)
-    ep = planned_lr({"type": "multistep", "milestones": [80, 120]}, lr=0.1, epochs=160)
+    frac = planned_lr(S({"type": "multistep", "milestones": [0.5, 0.75]}), lr=0.1, epochs=160)
+    ep = planned_lr(S({"type": "multistep", "milestones": [80, 120]}), lr=0.1, epochs=160)
     assert frac == ep
     # ≥ 1 is epochs, not a fraction: milestone 1 is the end of the first epoch, whatever the run length.
-    one = planned_lr({"type": "multistep", "milestones": [1]}, lr=1.0, epochs=50)
+    one = planned_lr(S({"type": "multistep", "milestones": [1]}), lr=1.0, epochs=50)
     assert one[:2] == [1.0, 0.1] and set(one[1:]) == {0.1}
 
 
@@ -79,8 +84,8 @@ def test_milestones_in_epochs_equal_milestones_as_fractions():
     (0.625, 100, lambda v: {"type": "multistep", "milestones": [v]}),
 ])
 def test_time_parameters_below_one_are_fractions_of_the_run(fraction, epochs_value, schedule):
-    a = planned_lr(schedule(fraction), lr=0.1, epochs=160, points_per_epoch=4)
-    b = planned_lr(schedule(epochs_value), lr=0.1, epochs=160, points_per_epoch=4)
+    a = planned_lr(S(schedule(fraction)), lr=0.1, epochs=160, points_per_epoch=4)
+    b = planned_lr(S(schedule(epochs_value)), lr=0.1, epochs=160, points_per_epoch=4)
     np.testing.assert_allclose(a, b, rtol=1e-9)
 
 
@@ -92,23 +97,23 @@ def test_step_schedules_change_at_the_same_epochs_whatever_the_steps_per_epoch(s
     change = np.flatnonzero(np.abs(np.diff(curve)) > 1e-9) + 1  # first step with the new LR
     assert list(change) == [38 * steps_per_epoch, 57 * steps_per_epoch]
     epoch_start = curve[::steps_per_epoch][:75]
-    np.testing.assert_allclose(epoch_start, planned_lr(sched, lr=0.1, epochs=75), rtol=1e-6)
+    np.testing.assert_allclose(epoch_start, planned_lr(S(sched), lr=0.1, epochs=75), rtol=1e-6)
 
 
 def test_cosine_with_warmup_rises_then_decays_to_final_fraction_exactly_at_the_end():
     lr, epochs = 0.4, 75
     sched = {"type": "cosine", "warmup_epochs": 5, "final_fraction": 0.01}
     t = np.linspace(0, epochs, 75 * 64 + 1)
-    curve = np.asarray(lr_at(t, sched, lr=lr, epochs=epochs))
+    curve = np.asarray(lr_at(t, S(sched), lr=lr, epochs=epochs))
     warm, rest = curve[t < 5], curve[t >= 5]
     assert curve[0] > 0  # step 0 trains
     assert np.all(np.diff(warm) > 0)  # rises
     assert np.all(np.diff(rest) <= 1e-15)  # then decays
-    assert curve.max() <= lr + 1e-15 and lr_at(5.0, sched, lr=lr, epochs=epochs) == pytest.approx(lr)
-    assert float(lr_at(float(epochs), sched, lr=lr, epochs=epochs)) == pytest.approx(0.01 * lr, rel=1e-12)
+    assert curve.max() <= lr + 1e-15 and lr_at(5.0, S(sched), lr=lr, epochs=epochs) == pytest.approx(lr)
+    assert float(lr_at(float(epochs), S(sched), lr=lr, epochs=epochs)) == pytest.approx(0.01 * lr, rel=1e-12)
     assert rest[:-1].min() > 0.01 * lr  # reaches the floor only at the end
     # Halfway through the decay it is halfway between peak and floor.
-    mid = float(lr_at(5 + 35.0, sched, lr=lr, epochs=epochs))
+    mid = float(lr_at(5 + 35.0, S(sched), lr=lr, epochs=epochs))
     assert mid == pytest.approx(0.01 * lr + 0.5 * (lr - 0.01 * lr), rel=1e-12)
 
 
@@ -121,7 +126,7 @@ def test_warmup_never_exceeds_the_peak_even_with_many_steps_per_epoch():
 def test_cosine_does_not_reach_zero_after_1000_steps_the_notebook_bug():
     """CosineDecay(0.1, decay_steps=1000) hit 0 at epoch 2.6 of 75 (batch 128, 50k images)."""
     sched = {"type": "cosine"}
-    curve = planned_lr(sched, lr=0.1, epochs=75)
+    curve = planned_lr(S(sched), lr=0.1, epochs=75)
     assert curve[3] > 0.9 * 0.1
     assert min(curve) > 0  # every epoch trains; 0 only after the last step
     _steps, per_step = _keras_curve(sched, lr=0.1, epochs=75, steps_per_epoch=391)
@@ -134,7 +139,7 @@ def test_one_cycle_peaks_at_pct_start():
     lr, epochs = 0.5, 40
     sched = {"type": "one_cycle", "pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4}
     t = np.linspace(0, epochs, epochs * 100 + 1)
-    curve = np.asarray(lr_at(t, sched, lr=lr, epochs=epochs))
+    curve = np.asarray(lr_at(t, S(sched), lr=lr, epochs=epochs))
     assert t[np.argmax(curve)] == pytest.approx(0.3 * epochs)
     assert curve.max() == pytest.approx(lr)
     assert curve[0] == pytest.approx(lr / 25)
@@ -144,13 +149,13 @@ def test_one_cycle_peaks_at_pct_start():
 
 
 def test_exponential_multiplies_by_gamma_every_epoch():
-    curve = np.asarray(planned_lr({"type": "exponential", "gamma": 0.9}, lr=0.2, epochs=30))
+    curve = np.asarray(planned_lr(S({"type": "exponential", "gamma": 0.9}), lr=0.2, epochs=30))
     np.testing.assert_allclose(curve[1:] / curve[:-1], 0.9, rtol=1e-9)
     assert curve[0] == pytest.approx(0.2)
     # Continuous within the epoch: half an epoch is a factor sqrt(gamma).
-    half = float(lr_at(0.5, {"type": "exponential", "gamma": 0.9}, lr=0.2, epochs=30))
+    half = float(lr_at(0.5, S({"type": "exponential", "gamma": 0.9}), lr=0.2, epochs=30))
     assert half == pytest.approx(0.2 * math.sqrt(0.9))
-    warm = planned_lr({"type": "exponential", "gamma": 0.9, "warmup_epochs": 4}, lr=0.2, epochs=30)
+    warm = planned_lr(S({"type": "exponential", "gamma": 0.9, "warmup_epochs": 4}), lr=0.2, epochs=30)
     assert warm[0] < warm[1] < warm[2] < warm[3] < warm[4] == pytest.approx(0.2)
     assert warm[5] == pytest.approx(0.2 * 0.9)
 
@@ -159,15 +164,15 @@ def test_cosine_restarts_restart_at_the_right_epochs_with_t_mul():
     """Cycles of 5, 10, 20 epochs (t_mul 2): restarts at epochs 5, 15, 35; peaks × m_mul each time."""
     lr, epochs = 0.1, 40
     sched = {"type": "cosine_restarts", "first_cycle": 5, "t_mul": 2.0, "m_mul": 0.5, "final_fraction": 0.0}
-    curve = planned_lr(sched, lr=lr, epochs=epochs, points_per_epoch=8)
+    curve = planned_lr(S(sched), lr=lr, epochs=epochs, points_per_epoch=8)
     jumps = [i / 8 for i in range(1, len(curve)) if curve[i] > curve[i - 1] + 1e-12]
     assert jumps == [5.0, 15.0, 35.0]
     for i, start in enumerate((0.0, 5.0, 15.0, 35.0)):
-        assert float(lr_at(start, sched, lr=lr, epochs=epochs)) == pytest.approx(lr * 0.5**i, rel=1e-12)
+        assert float(lr_at(start, S(sched), lr=lr, epochs=epochs)) == pytest.approx(lr * 0.5**i, rel=1e-12)
     # Just before a restart the cycle has (almost) reached its floor.
-    assert float(lr_at(15.0 - 1e-6, sched, lr=lr, epochs=epochs)) < 1e-9
+    assert float(lr_at(15.0 - 1e-6, S(sched), lr=lr, epochs=epochs)) < 1e-9
     # Mid-cycle: half of the cycle's peak (cycle 2 runs 5 → 15, its peak is lr · 0.5).
-    assert float(lr_at(10.0, sched, lr=lr, epochs=epochs)) == pytest.approx(lr * 0.5 * 0.5, rel=1e-9)
+    assert float(lr_at(10.0, S(sched), lr=lr, epochs=epochs)) == pytest.approx(lr * 0.5 * 0.5, rel=1e-9)
 
 
 @pytest.mark.parametrize("t_mul, m_mul, alpha", [(2.0, 1.0, 0.0), (1.0, 0.7, 0.1), (1.5, 0.9, 0.05)])
@@ -213,7 +218,7 @@ def _notebook_lrfn(epoch, start_lr=0.00001, min_lr=0.00001, max_lr=0.00005 * 8, 
 
 
 def test_rampup_exp_reproduces_the_notebook_callback_exactly():
-    curve = planned_lr({"type": "rampup_exp"}, lr=4e-4, epochs=30)
+    curve = planned_lr(S({"type": "rampup_exp"}), lr=4e-4, epochs=30)
     np.testing.assert_allclose(curve, [_notebook_lrfn(e) for e in range(30)], rtol=1e-9)
     assert curve[0] == pytest.approx(1e-5, rel=1e-12)
     assert curve[5] == pytest.approx(4e-4, rel=1e-12)  # the peak
@@ -221,7 +226,7 @@ def test_rampup_exp_reproduces_the_notebook_callback_exactly():
     # What the notebook printed for lrfn(0) and lrfn(9): "1e-05 0.00016974400000000002".
     assert curve[9] == pytest.approx(0.00016974400000000002, rel=1e-9)
     # With min_lr 0 the decay is a pure ×0.8 per epoch: 4e-4 → 3.2e-4.
-    pure = planned_lr({"type": "rampup_exp", "min_lr": 0.0}, lr=4e-4, epochs=8)
+    pure = planned_lr(S({"type": "rampup_exp", "min_lr": 0.0}), lr=4e-4, epochs=8)
     assert pure[5] == pytest.approx(4e-4) and pure[6] == pytest.approx(3.2e-4) and pure[7] == pytest.approx(2.56e-4)
     # Evaluated per whole epoch, as LearningRateScheduler did: constant within an epoch.
     _steps, per_step = _keras_curve({"type": "rampup_exp"}, lr=4e-4, epochs=10, steps_per_epoch=5)
@@ -235,11 +240,11 @@ def test_rampup_exp_reproduces_the_notebook_callback_exactly():
 def test_keras_schedule_equals_numpy_lr_at_at_every_step(name):
     sched, lr, epochs, spe = EVERY_SCHEDULE[name], 0.1, 12, 7
     steps, keras_curve = _keras_curve(sched, lr=lr, epochs=epochs, steps_per_epoch=spe)
-    numpy_curve = np.broadcast_to(np.asarray(lr_at(steps / spe, sched, lr=lr, epochs=epochs), np.float64),
+    numpy_curve = np.broadcast_to(np.asarray(lr_at(steps / spe, S(sched), lr=lr, epochs=epochs), np.float64),
                                   steps.shape)
     assert np.all(np.isfinite(keras_curve)) and np.all(keras_curve >= 0)
     np.testing.assert_allclose(keras_curve, numpy_curve, rtol=1e-5, atol=1e-7 * lr)
-    np.testing.assert_allclose(keras_curve[::spe][:epochs], planned_lr(sched, lr=lr, epochs=epochs), rtol=1e-5,
+    np.testing.assert_allclose(keras_curve[::spe][:epochs], planned_lr(S(sched), lr=lr, epochs=epochs), rtol=1e-5,
                                atol=1e-7 * lr)
 
 
@@ -270,21 +275,29 @@ def test_keras_schedule_equals_numpy_lr_at_at_every_step(name):
     ({"type": "rampup_exp", "decay": True}, "lr_schedule.decay"),
     ({"type": "rampup_exp", "start_lr": -1e-5}, "lr_schedule.start_lr"),
 ])
-def test_resolve_schedule_rejects_bad_schedules_naming_the_dotted_key(schedule, key):
+def test_parse_schedule_rejects_bad_schedules_naming_the_dotted_key(schedule, key):
     with pytest.raises(ConfigError) as info:
-        resolve_schedule(schedule)
+        parse_schedule(schedule)
     assert info.value.key == key
     assert str(info.value).startswith(key + ":")
+    with pytest.raises(ConfigError) as info:  # the same, inside a trial config
+        TrialConfig.from_dict({"lr_schedule": schedule})
+    assert info.value.key == key
 
 
-def test_resolve_schedule_fills_defaults_without_sharing_them():
-    out = resolve_schedule({"type": "multistep"}, key="search.lr_schedule")
-    assert out == {"type": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}
-    out["milestones"].append(0.9)
-    assert SCHEDULE_PARAMS["multistep"]["milestones"] == [0.5, 0.75]
+def test_parse_schedule_fills_defaults_typed_and_frozen():
+    out = parse_schedule({"type": "multistep"}, key="search.lr_schedule")
+    assert out.model_dump() == {"type": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}
+    assert out.milestones == (0.5, 0.75) and isinstance(out.gamma, float)
+    with pytest.raises(ValidationError):
+        out.gamma = 0.5  # frozen
     with pytest.raises(ConfigError, match=r"^search\.lr_schedule\.gamma:"):
-        resolve_schedule({"type": "multistep", "gamma": -1}, key="search.lr_schedule")
-    assert resolve_schedule(resolve_schedule({"type": "rampup_exp"})) == resolve_schedule({"type": "rampup_exp"})
+        parse_schedule({"type": "multistep", "gamma": -1}, key="search.lr_schedule")
+    assert parse_schedule(out.model_dump()) == out == parse_schedule({"type": "multistep"})
+    # times keep their type (epochs are whole numbers), rates become floats
+    cosine = parse_schedule({"type": "cosine", "warmup_epochs": 5, "final_fraction": 0})
+    assert cosine.warmup_epochs == 5 and isinstance(cosine.warmup_epochs, int)
+    assert isinstance(cosine.final_fraction, float)
 
 
 # ---------------------------------------------------------------- the optimizer really uses the schedule
@@ -301,7 +314,7 @@ def test_a_real_trial_trains_with_the_planned_lr_every_epoch():
     reported = []
     result = run(config, report=reported.append)
     assert result.status == "completed" and result.epochs_run == 4
-    expected = planned_lr(sched, lr=0.05, epochs=4)
+    expected = planned_lr(S(sched), lr=0.05, epochs=4)
     np.testing.assert_allclose(expected, [0.05, 0.05, 0.005, 0.0005], rtol=1e-12)
     np.testing.assert_allclose([m.lr for m in result.history], expected, rtol=1e-6)
     np.testing.assert_allclose([m.lr for m in reported], expected, rtol=1e-6)

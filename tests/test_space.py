@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 import pytest
 
-from bnsweep.spec.config import TrialConfig
+from bnsweep.spec.config import TrialConfig, unflatten
 from bnsweep.spec.errors import ConfigError
 from bnsweep.spec.sweep_spec import SweepSpec, Values, load_spec, parse_spec_text
 from bnsweep.sweep.space import (
@@ -61,7 +61,7 @@ def sample(spec: SweepSpec, n: int, *, storage: str | None = None) -> list[dict[
     for i in range(n):
         trial = study.ask()
         config = suggest(trial, spec.parameters)
-        study.tell(trial, float(i % 7) + (1.0 if config["lr_schedule"]["type"] == "cosine" else 0.0))
+        study.tell(trial, float(i % 7) + (1.0 if config["lr_schedule.type"] == "cosine" else 0.0))
         out.append(config)
     return out
 
@@ -71,10 +71,10 @@ def test_conditional_samples_round_trip_and_stay_in_bounds() -> None:
     configs = sample(spec, 30)
     seen_types = set()
     for config in configs:
-        schedule = config["lr_schedule"]
+        schedule = unflatten(config)["lr_schedule"]  # flat dotted keys, every section alike
         seen_types.add(schedule["type"])
         assert set(schedule) == OPTION_KEYS[schedule["type"]], config  # conditional params only for their option
-        assert not any(k.startswith("lr_schedule.") for k in config)
+        assert not any(isinstance(v, dict) for v in config.values())
         assert config["batch_size"] in (32, 64, 128)
         assert 0.01 <= config["lr"] <= 1.0
         assert 0.5 <= config["optimizer.momentum"] <= 0.95
@@ -89,7 +89,7 @@ def test_conditional_samples_round_trip_and_stay_in_bounds() -> None:
             resolved = resolve_trial_config(spec, config, seed=seed)
             cfg = TrialConfig.from_dict(resolved)
             assert cfg.to_dict() == resolved and cfg.seed == seed
-            assert cfg.lr_schedule.items() >= schedule.items()  # (plus the schedule's defaults)
+            assert cfg.lr_schedule.model_dump().items() >= schedule.items()  # (plus the schedule's defaults)
             assert cfg.batch_size == config["batch_size"]
             assert (cfg.model.depth, cfg.regime, cfg.epochs, cfg.data.source) == (8, "bn", 4, "synthetic")
     assert seen_types == set(OPTION_KEYS)
@@ -101,7 +101,7 @@ def test_optuna_sees_distinct_conditional_parameter_names() -> None:
     for _ in range(12):
         trial = study.ask()
         config = suggest(trial, spec.parameters)
-        option = config["lr_schedule"]["type"]
+        option = config["lr_schedule.type"]
         assert trial.params["lr_schedule"] == option
         conditional = {k for k in trial.params if k.startswith("lr_schedule.")}
         assert all(k.startswith(f"lr_schedule.{option}.") for k in conditional)
@@ -146,10 +146,10 @@ def test_grid_points_count_and_contents(tmp_path: Path) -> None:
     assert grid_size(spec.parameters) == 2 * (1 + 2 + 3) == count_configurations(spec) == spec.trials
     points = grid_points(spec.parameters)
     assert len(points) == 12
-    assert points[0] == {"batch_size": 64, "optimizer.weight_decay": 0.0, "lr_schedule": {"type": "constant"}}
-    assert {"batch_size": 128, "optimizer.weight_decay": 0.0,
-            "lr_schedule": {"type": "step", "milestones": [0.5], "gamma": 0.5}} in points
-    schedules = [p["lr_schedule"] for p in points if p["batch_size"] == 64]
+    assert points[0] == {"batch_size": 64, "optimizer.weight_decay": 0.0, "lr_schedule.type": "constant"}
+    assert {"batch_size": 128, "optimizer.weight_decay": 0.0, "lr_schedule.type": "step",
+            "lr_schedule.milestones": [0.5], "lr_schedule.gamma": 0.5} in points
+    schedules = [unflatten(p)["lr_schedule"] for p in points if p["batch_size"] == 64]
     assert schedules == [{"type": "constant"},
                          {"type": "step", "milestones": [0.5], "gamma": 0.1},
                          {"type": "step", "milestones": [0.5], "gamma": 0.5},
@@ -193,8 +193,8 @@ def test_grid_with_label_and_value_one_ofs_and_list_values() -> None:
     """.replace("        ", ""))
     points = grid_points(spec.parameters)
     assert len(points) == grid_size(spec.parameters) == 2 * 3 * 3
-    assert points[0] == {"lr_schedule": {"milestones": [0.5]}, "model.depth": 8, "regime": "bn", "lr": 0.5}
-    assert {"lr_schedule": {"milestones": [0.3, 0.6]}, "model.depth": 14, "model.width": 4, "regime": "all",
+    assert points[0] == {"lr_schedule.milestones": [0.5], "model.depth": 8, "regime": "bn", "lr": 0.5}
+    assert {"lr_schedule.milestones": [0.3, 0.6], "model.depth": 14, "model.width": 4, "regime": "all",
             "lr": 0.1, "optimizer.weight_decay": 0.0005} in points
     study = optuna.create_study(sampler=make_sampler(spec))
     got = []
@@ -207,8 +207,7 @@ def test_grid_with_label_and_value_one_ofs_and_list_values() -> None:
                                       "regime.bn.lr": 0.5}
     for p in points:
         cfg = TrialConfig.from_dict(resolve_trial_config(spec, p, seed=1))
-        assert cfg.lr_schedule["type"] == "multistep" and cfg.lr_schedule["milestones"] == p["lr_schedule"][
-            "milestones"]
+        assert cfg.lr_schedule.type == "multistep" and list(cfg.lr_schedule.milestones) == p["lr_schedule.milestones"]
 
 
 def test_grid_sampler_fills_gaps_after_the_list() -> None:
@@ -244,11 +243,14 @@ def test_samplers_per_method() -> None:
 def test_resolve_trial_config_seed_and_errors() -> None:
     spec = spec_with()
     sampled = {"batch_size": 64, "lr": 0.1, "optimizer.momentum": 0.9,
-               "lr_schedule": {"type": "cosine", "warmup_epochs": 2}}
+               "lr_schedule.type": "cosine", "lr_schedule.warmup_epochs": 2}
     resolved = resolve_trial_config(spec, sampled, seed=11)
     cfg = TrialConfig.from_dict(resolved)
-    assert cfg.seed == 11 and cfg.optimizer.momentum == 0.9 and cfg.lr_schedule["warmup_epochs"] == 2
+    assert cfg.seed == 11 and cfg.optimizer.momentum == 0.9 and cfg.lr_schedule.warmup_epochs == 2
     assert resolved == cfg.to_dict()
+    nested = {k: v for k, v in sampled.items() if not k.startswith("lr_schedule.")}  # nested keys work the same
+    assert resolve_trial_config(spec, {**nested, "lr_schedule": {"type": "cosine", "warmup_epochs": 2}},
+                                seed=11) == resolved
     with pytest.raises(ConfigError, match="batch_size"):
         resolve_trial_config(spec, {**sampled, "batch_size": 0}, seed=0)
     with pytest.raises(ValueError, match="seed"):
@@ -262,7 +264,7 @@ def test_fixed_schedule_settings_merge_with_a_searched_schedule() -> None:
     study = optuna.create_study(sampler=make_sampler(spec))
     config = suggest(study.ask(), spec.parameters)
     schedule = resolve_trial_config(spec, config, seed=0)["lr_schedule"]
-    assert schedule["type"] == "cosine" and schedule["warmup_epochs"] == config["lr_schedule"]["warmup_epochs"]
+    assert schedule["type"] == "cosine" and schedule["warmup_epochs"] == config["lr_schedule.warmup_epochs"]
 
 
 def test_docstring_examples_run() -> None:

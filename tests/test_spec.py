@@ -20,6 +20,7 @@ from bnsweep.spec.sweep_spec import (
     SchedulerSpec,
     SpecError,
     SweepSpec,
+    TrackingConfig,
     Values,
     load_spec,
     merge_config,
@@ -87,7 +88,7 @@ def test_full_spec_parses_to_typed_dataclasses(tmp_path: Path) -> None:
     assert spec.metric == Metric(name="val_accuracy", goal="maximize") and spec.metric.mode == "max"
     assert spec.scheduler == SchedulerSpec(type="asha", grace_period=10, reduction_factor=3)
     assert spec.resources == Resources(cpu=1, gpu=0.25, tpu=0)
-    assert spec.storage is None and spec.tracking == {"wandb": True, "project": "bnsweep"}
+    assert spec.storage is None and spec.tracking == TrackingConfig(wandb=True, project="bnsweep")
     assert spec.source == str(path)
     assert spec.fixed == {"model.depth": 20, "model.width": 1, "regime": "bn", "epochs": 60,
                           "data.source": "cifar10", "data.val_size": 5000}
@@ -147,8 +148,8 @@ def test_defaults_and_shorthands(tmp_path: Path) -> None:
     """))
     assert spec.method == "tpe" and spec.metric == Metric(name="val_loss", goal="minimize")
     assert spec.scheduler.type == "median" and spec.resources == Resources()
-    assert spec.fixed == {"lr_schedule": {"type": "cosine"}} and spec.parameters == {}
-    assert spec.tracking == {"wandb": True, "project": "bnsweep"}  # offline unless a key is set
+    assert spec.fixed == {"lr_schedule.type": "cosine"} and spec.parameters == {}
+    assert spec.tracking == TrackingConfig() and spec.tracking.mode == "auto"  # offline unless a key is set
 
 
 def test_grid_trials_default_to_and_are_capped_by_the_grid_size(tmp_path: Path) -> None:
@@ -281,11 +282,11 @@ def test_every_problem_is_reported_at_once_with_file_line_key_received_and_allow
         "scheduler.grace_period": (5, ["at most the number of epochs (60)", "received 100"]),
         "resources.cpu": (6, ["expected a number > 0", "received 0"]),
         "resources.gpu": (6, ["whole number of GPUs", "received 1.5"]),
-        "resources.tpu": (6, ["an integer >= 0", "received -1"]),
+        "resources.tpu": (6, ["an integer from 0 to 4096", "received -1"]),
         "fixed.model.depth": (8, ["6·D+2", "received 21"]),
         "fixed.model.widht": (8, ["unknown model setting 'widht'", "did you mean 'width'?", "depth, width"]),
         "fixed.regime": (9, ["received 'bnn'", "did you mean 'bn'?", "bn_output"]),
-        "parameters.batch_size.values[1]": (12, ["expected an integer > 0 and <= 1,048,576, received 0"]),
+        "parameters.batch_size.values[1]": (12, ["expected an integer from 1 to 1,048,576, received 0"]),
         "parameters.lr.min": (13, ["expected a number > 0", "received -0.1"]),
         "parameters.momentum": (14, ["unknown trial-config key 'momentum'", "did you mean 'optimizer.momentum'?"]),
         "parameters.optimizer.one_of.adamm": (15, ["received 'adamm'", "did you mean 'adam'?", "sgd, adam, adamw"]),
@@ -375,7 +376,7 @@ def test_problems_inside_one_of_options_are_blamed_on_the_option_or_its_value(tm
         "parameters.optimizer.one_of.adam.momentum": (8, "expected a number in [0, 1), received 2"),
         "parameters.optimizer.one_of.adam.weight_decay.values[0]": (8, "expected a number >= 0, received -1"),
         "parameters.data.one_of.dir": (9, "makes data.path invalid"),
-        "parameters.data.one_of.synthetic.synthetic_size": (9, "expected an integer > 0 and <= 1,000,000, received 0"),
+        "parameters.data.one_of.synthetic.synthetic_size": (9, "expected an integer from 1 to 1,000,000, received 0"),
         "parameters.lr_schedule.one_of.cosine.type": (10, "the option's name here"),
     }
     assert sorted(p.key for p in problems) == sorted(expected)
@@ -481,7 +482,7 @@ def test_overrides_apply_on_top_of_fixed_and_replace_searches(tmp_path: Path) ->
     assert "at most the number of epochs (2)" in only(problems, "scheduler.grace_period").message
     # choosing a one_of option keeps searching that option's own parameters
     spec = load_spec(path, overrides={"lr_schedule.type": "cosine", "epochs": 10})
-    assert spec.fixed["lr_schedule"] == {"type": "cosine"} and "lr_schedule" not in spec.parameters
+    assert spec.fixed["lr_schedule.type"] == "cosine" and "lr_schedule" not in spec.parameters
     assert spec.parameters["lr_schedule.warmup_epochs"] == Distribution(kind="int_uniform", min=0, max=5)
     # nested overrides are fine too
     assert load_spec(path, overrides={"model": {"depth": 8}}).fixed["model.depth"] == 8
@@ -531,10 +532,14 @@ def test_yaml_value_is_safe_and_reads_yaml12_floats() -> None:
 
 
 def test_merge_config_schedule_rules() -> None:
-    assert merge_config({}, {"lr_schedule.gamma": 0.5})["lr_schedule"] == {
-        "type": "multistep", "milestones": [0.5, 0.75], "gamma": 0.5}
+    untyped = TrialConfig.from_dict(merge_config({}, {"lr_schedule.gamma": 0.5}))  # the default kind's
+    assert untyped.to_dict()["lr_schedule"] == {"type": "multistep", "milestones": [0.5, 0.75], "gamma": 0.5}
     assert merge_config({"lr_schedule": {"type": "step", "every": 3}}, {"lr_schedule": {"gamma": 0.5}}) == {
-        "lr_schedule": {"type": "step", "every": 3, "gamma": 0.5}}
+        "lr_schedule.type": "step", "lr_schedule.every": 3, "lr_schedule.gamma": 0.5}
+    # another kind starts the schedule afresh, whichever order the keys come in
+    assert merge_config({"lr_schedule.type": "step", "lr_schedule.every": 3},
+                        {"lr_schedule.warmup_epochs": 2, "lr_schedule.type": "cosine"}) == {
+        "lr_schedule.type": "cosine", "lr_schedule.warmup_epochs": 2}
 
 
 def test_docstring_examples_run() -> None:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnsweep.spec.schedules import lr_at, resolve_schedule
+from bnsweep.spec.schedules import Schedule, lr_at
 
 
-def make_keras_schedule(schedule: dict[str, Any], *, lr: float, epochs: int, steps_per_epoch: int):
+def make_keras_schedule(schedule: Schedule, *, lr: float, epochs: int, steps_per_epoch: int):
     """A ``keras.optimizers.schedules.LearningRateSchedule`` over optimizer steps."""
     import keras
     from keras import ops
 
-    resolved = resolve_schedule(schedule)
+    resolved = schedule
 
     class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step: Any) -> Any:
@@ -23,7 +23,7 @@ def make_keras_schedule(schedule: dict[str, Any], *, lr: float, epochs: int, ste
             return ops.cast(lr_at(t, resolved, lr=lr, epochs=epochs, xp=ops), "float32")
 
         def get_config(self) -> dict[str, Any]:
-            return {"schedule": resolved, "lr": lr, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+            return {"schedule": resolved.model_dump(), "lr": lr, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
 
     return EpochSchedule()
 

@@ -142,7 +142,7 @@ def _representative_schedules(spec: Any) -> list[tuple[str, dict[str, Any]]]:
 def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4, check_here: bool = True) -> PlanReport:
     from bnsweep.engine.regimes import account
     from bnsweep.spec.config import TrialConfig
-    from bnsweep.spec.schedules import planned_lr
+    from bnsweep.spec.schedules import parse_schedule, planned_lr
     from bnsweep.sweep.space import count_configurations
 
     base = TrialConfig.from_dict(spec.base_trial_config())
@@ -161,7 +161,7 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4, check_here
     combos = [(d, w, r) for d, w in _model_combos(spec, base) for r in _values(spec, "regime", base.regime)]
     flops_per_training = []
     for depth, width, regime in combos:
-        model = dataclasses.replace(base.model, depth=int(depth), width=int(width))  # arch, γ init: the spec's
+        model = base.model.replace(depth=int(depth), width=int(width))  # arch, γ init: the spec's
         a = account(model, str(regime))
         report.models.append({"arch": model.arch, "depth": depth, "width": width, "regime": regime, **a.as_dict()})
         flops_per_training.append(epochs * (a.train_flops * n_train + a.forward_flops * n_val))
@@ -169,7 +169,7 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4, check_here
     report.total_train_flops = mean_flops * report.trainings
     lr = base.replace(lr=float(_values(spec, "lr", base.lr)[0])).effective_lr  # the peak LR that trains
     for name, sched in _representative_schedules(spec):
-        curve = planned_lr(sched, lr=float(lr), epochs=epochs)
+        curve = planned_lr(parse_schedule(sched), lr=float(lr), epochs=epochs)
         report.schedules.append({"name": name, "schedule": sched, "lr": lr, "curve": curve})
     if probe:
         report.probe_images_per_sec, report.probe_note = _probe(base, combos, steps=probe_steps)

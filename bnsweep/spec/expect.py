@@ -25,7 +25,6 @@ bnsweep.spec.errors.ConfigError: expect."regime=bnn": expected one of all, bn, .
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 from collections.abc import Mapping
@@ -33,9 +32,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from bnsweep.spec.config import DataConfig, ModelConfig, OptimizerConfig, TrialConfig
+from bnsweep.spec.config import TrialConfig, config_keys
 from bnsweep.spec.errors import ConfigError
-from bnsweep.spec.schedules import SCHEDULE_PARAMS
 
 Metric = Literal["test_accuracy", "test_loss", "val_accuracy_best", "val_accuracy_final", "val_loss_final",
                  "gamma_near_zero"]
@@ -84,15 +82,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def selector_keys() -> tuple[str, ...]:
     """Every dotted key a selector may name: trial-config keys, ``seed`` and ``lr_schedule.*``."""
-    keys = ["seed"]
-    sections = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig}
-    for f in dataclasses.fields(TrialConfig):
-        if f.name in sections:
-            keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(sections[f.name])]
-        elif f.name == "lr_schedule":
-            keys += ["lr_schedule.type", *sorted({f"lr_schedule.{p}" for ps in SCHEDULE_PARAMS.values() for p in ps})]
-        elif f.name != "seed":
-            keys.append(f.name)
+    keys = ["seed", *(k for k in config_keys() if k != "seed")]
     return tuple(keys)
 
 

@@ -1,12 +1,12 @@
 """The sweep spec: one YAML file per experiment -> a validated, frozen ``SweepSpec``.
 
-The format is meant to feel familiar to W&B-sweep and Ray users (see DESIGN.md, "Sweep spec")::
+The format is meant to feel familiar to W&B-sweep and Ray users (``bnsweep schema`` writes its JSON Schema)::
 
     name: lr_schedules                  # required; [A-Za-z0-9_.-]+ (the run-directory name)
     include: base.yaml                  # optional; a path (or list) relative to this file, deep-merged
     method: tpe                         # grid | random | tpe | cmaes
     metric: {name: val_accuracy, goal: maximize}
-    trials: 32                          # sampled configurations (grid: optional, capped by the grid size)
+    trials: 32                          # sampled configurations (grid: optional, the first N points)
     replicates: 3                       # seeds per configuration: seed, seed + 1, ...
     scheduler: {type: asha, grace_period: 10, reduction_factor: 3}
     resources: {cpu: 1, gpu: 0.25}
@@ -18,9 +18,11 @@ The format is meant to feel familiar to W&B-sweep and Ray users (see DESIGN.md, 
           step: {milestones: [0.5, 0.75], gamma: 0.1}
           cosine: {warmup_epochs: {distribution: int_uniform, min: 0, max: 5}}
 
-``load_spec`` reads it with a safe YAML loader and reports every problem at once, each with the
-file, line, dotted key, the value received and what is allowed; nothing is trained or imported
-(no TensorFlow, Keras or Ray) to do so.
+The typed sections (``bnsweep.spec.sections``, ``bnsweep.spec.config``) check types, ranges and choices; this
+module reads the files and says where each value came from: ``load_spec`` reports every problem at once, each
+with the file and line (across ``include:`` files and ``--set`` overrides), the dotted key, the value received
+and what is allowed, the exact ``one_of`` option or value to blame, and a near miss ("did you mean"). Nothing is
+trained or imported (no TensorFlow, Keras or Ray) to do so.
 
 >>> spec = parse_spec_text('''
 ... name: demo
@@ -46,22 +48,50 @@ trials, replicates, seed, max_concurrent, scheduler, resources, retries, storage
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import importlib.util
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Any, TypeAlias
 
-import yaml
+from pydantic import ValidationError
 
-from bnsweep.spec.config import DataConfig, ModelConfig, OptimizerConfig, TrialConfig, unflatten
-from bnsweep.spec.errors import ConfigError
+from bnsweep.base.text import shorten
+from bnsweep.spec.config import (
+    TrialConfig,
+    flatten,
+    section_keys,
+    sections,
+    selectors,
+    set_key,
+    unflatten,
+    with_default_tags,
+)
+from bnsweep.spec.errors import ConfigError, Problem, SpecError, message, suggestion
+from bnsweep.spec.fields import config_errors, tags_of
+from bnsweep.spec.sections import (
+    DISTRIBUTION_KINDS,
+    MAX_TRIALS,
+    METHODS,
+    METRIC_NAMES,
+    PARAM_TYPES,
+    SCHEDULER_TYPES,
+    Constant,
+    Distribution,
+    Metric,
+    OneOf,
+    Param,
+    Resources,
+    SchedulerSpec,
+    SpecFile,
+    TrackingConfig,
+    Values,
+)
+from bnsweep.spec.yaml_io import MAX_BYTES, dump_yaml, read_yaml, yaml_value
 
 __all__ = [
     "DISTRIBUTION_KINDS",
@@ -80,9 +110,10 @@ __all__ = [
     "SchedulerSpec",
     "SpecError",
     "SweepSpec",
+    "TrackingConfig",
     "Values",
     "affected_keys",
-    "collapse_schedule",
+    "describe_grid",
     "grid_size",
     "load_spec",
     "merge_config",
@@ -91,23 +122,10 @@ __all__ = [
     "yaml_value",
 ]
 
-Method = Literal["grid", "random", "tpe", "cmaes"]
-METHODS: tuple[str, ...] = get_args(Method)
-MetricName = Literal["val_accuracy", "val_loss", "train_accuracy", "train_loss"]
-METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
-Goal = Literal["maximize", "minimize"]
-GOALS: tuple[str, ...] = get_args(Goal)
-SchedulerType = Literal["asha", "median", "none"]
-SCHEDULER_TYPES: tuple[str, ...] = get_args(SchedulerType)
-DistributionKind = Literal["uniform", "log_uniform", "int_uniform", "q_uniform", "int_log_uniform"]
-DISTRIBUTION_KINDS: tuple[str, ...] = get_args(DistributionKind)
-
-TOP_LEVEL_KEYS: tuple[str, ...] = (
-    "name", "description", "include", "method", "metric", "trials", "replicates", "seed", "max_concurrent",
-    "scheduler", "resources", "retries", "storage", "tracking", "fixed", "parameters",
-)
-TRACKING_KEYS: tuple[str, ...] = ("wandb", "project", "entity", "mode", "group", "tags")
-DEFAULT_TRACKING: dict[str, Any] = {"wandb": True, "project": "bnsweep"}  # offline unless a key is set
+TOP_LEVEL_KEYS: tuple[str, ...] = tuple(SpecFile.model_fields)
+TRACKING_KEYS: tuple[str, ...] = tuple(TrackingConfig.model_fields)
+_SECTION_MODELS: dict[str, Any] = {"metric": Metric, "scheduler": SchedulerSpec, "resources": Resources,
+                                   "tracking": TrackingConfig}
 
 # Keys people bring from W&B sweeps / Ray Tune, pointed at ours.
 _TOP_HINTS = {
@@ -117,15 +135,11 @@ _TOP_HINTS = {
 }
 _SPEC_KEYS = ("values", "value", "distribution", "one_of")
 _DIST_KEYS = ("distribution", "min", "max", "step")
-_MAX_NUMBER = 1e15  # bounds of any number in a distribution (keeps Optuna/NumPy far from overflow)
-_MAX_NODES = 100_000  # YAML nodes after alias expansion ("billion laughs", recursive aliases)
-_MAX_BYTES = 4_000_000
-_MAX_DEPTH = 64  # nesting of YAML collections
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
-_SECTIONS: dict[str, Any] = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig}
-_TOP_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialConfig))
+_SECTIONS: tuple[str, ...] = tuple(sections())  # model, data, optimizer, lr_schedule: keys are dotted
+_TOP_FIELDS: tuple[str, ...] = tuple(TrialConfig.model_fields)
+_TAGS: dict[str, str] = selectors()  # tagged sections -> their tag ({"lr_schedule": "type"})
 _ALIASES = {"data.dataset": "data.source"}
-_SELECTORS = {"lr_schedule": "type", "optimizer": "name", "data": "source"}
+_CHOICES = {"optimizer": "name", "data": "source", **_TAGS}  # where a one_of under a section puts its option name
 _OVERRIDES = "<overrides>"
 
 Loc: TypeAlias = "tuple[str, int | None]"
@@ -134,277 +148,38 @@ Loc: TypeAlias = "tuple[str, int | None]"
 # ---------------------------------------------------------------- problems
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a spec: ``sweeps/x.yaml:12 parameters.lr.min: expected a number > 0, received -0.1``."""
-
-    file: str
-    line: int | None
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where} {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-class SpecError(Exception):
-    """A spec is invalid; ``problems`` lists everything found, ``str()`` shows one per line."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems: list[Problem] = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickles (Ray) with its problems intact
-        return (SpecError, (self.problems,))
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _expected(allowed: str, received: Any) -> str:
-    return f"expected {allowed}, received {_show(received)}"
-
-
-def _suggestion(received: Any, choices: Iterable[str]) -> str:
-    if not isinstance(received, str):
-        return ""
-    choices = list(choices)
-    close = difflib.get_close_matches(received, choices, n=1, cutoff=0.6)
-    close = close or [c for c in choices if len(received) >= 3 and c.startswith(received)][:1]
-    return f", did you mean {close[0]!r}?" if close else ""
+    return f"expected {allowed}, received {shorten(received)}"
 
 
 def _choice(received: Any, choices: Sequence[str]) -> str:
-    return _expected("one of " + ", ".join(choices), received) + _suggestion(received, choices)
+    return _expected("one of " + ", ".join(choices), received) + suggestion(received, choices)
 
 
 def _unknown(key: str, allowed: Sequence[str], *, what: str = "key", where: str = "", hint: str | None = None) -> str:
-    close = f", did you mean {hint!r}?" if hint else _suggestion(key, allowed)
+    close = f", did you mean {hint!r}?" if hint else suggestion(key, allowed)
     return f"unknown {what} {key!r}{where}{close} allowed: {', '.join(allowed)}"
 
 
 def _raise_if(errors: list[tuple[str, str]]) -> None:
     if errors:
-        raise SpecError([Problem("<spec>", None, key, message) for key, message in errors])
+        raise SpecError([Problem("<spec>", None, key, text) for key, text in errors])
+
+
+def _section_problems(error: ValidationError, cls: Any, data: Any, prefix: str) -> list[tuple[str, str]]:
+    return [(e.key, message(e)) for e in config_errors(error, cls, data, prefix=prefix)]
 
 
 def _is_real(v: Any) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    if isinstance(v, int):
-        return abs(v) <= _MAX_NUMBER
-    return math.isfinite(v) and abs(v) <= _MAX_NUMBER
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _is_int(v: Any, lo: int, hi: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+def _is_tag(key: str) -> bool:
+    section, _, leaf = key.partition(".")
+    return _TAGS.get(section) == leaf
 
 
-def _int_range(lo: int, hi: int) -> str:
-    return f"an integer from {lo} to {hi}"
-
-
-# ---------------------------------------------------------------- spec dataclasses
-
-
-@dataclass(frozen=True)
-class Metric:
-    """What the search optimizes.
-
-    >>> Metric(name="val_loss", goal="minimize").mode
-    'min'
-    """
-
-    name: MetricName = "val_accuracy"
-    goal: Goal = "maximize"
-
-    def __post_init__(self) -> None:
-        errors = []
-        if self.name not in METRIC_NAMES:
-            errors.append(("name", _choice(self.name, METRIC_NAMES)))
-        if self.goal not in GOALS:
-            errors.append(("goal", _choice(self.goal, GOALS)))
-        _raise_if(errors)
-
-    @property
-    def mode(self) -> Literal["max", "min"]:
-        """Ray Tune / Optuna spelling of ``goal``."""
-        return "max" if self.goal == "maximize" else "min"
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    """Early stopping of trials: ASHA, median stopping or none; ``grace_period`` in epochs.
-
-    >>> SchedulerSpec(type="asha", grace_period=5).reduction_factor
-    3
-    """
-
-    type: SchedulerType = "none"
-    grace_period: int = 1
-    reduction_factor: float = 3
-
-    def __post_init__(self) -> None:
-        errors = []
-        if self.type not in SCHEDULER_TYPES:
-            errors.append(("type", _choice(self.type, SCHEDULER_TYPES)))
-        if not _is_int(self.grace_period, 1, 1_000_000):
-            errors.append(("grace_period", _expected(_int_range(1, 1_000_000) + " (epochs)", self.grace_period)))
-        if not (_is_real(self.reduction_factor) and 1 < self.reduction_factor <= 1000):
-            errors.append(("reduction_factor", _expected("a number > 1 (and <= 1000)", self.reduction_factor)))
-        _raise_if(errors)
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Per-trial resources for Ray Tune: CPUs (fractions ok), GPUs (fractions ok, whole above 1), TPUs.
-
-    ``cpu`` left out (``None``) lets ``launch`` choose the packing for the machine it runs on: as few
-    trials at once as fill the CPUs, each with an equal share as its TensorFlow threads
-    (``sweep.packing.default_cpus_per_trial``; measured in bench/RESULTS.md §4). A number fixes it.
-
-    >>> Resources(gpu=0.25).cpu is None, Resources(cpu=2).cpu
-    (True, 2)
-    """
-
-    cpu: float | None = None
-    gpu: float = 0
-    tpu: int = 0
-
-    def __post_init__(self) -> None:
-        errors = []
-        if self.cpu is not None and not (_is_real(self.cpu) and 0 < self.cpu <= 4096):
-            errors.append(("cpu", _expected("a number > 0 (fractions allowed), or leave it out to let launch "
-                                            "share the machine's CPUs out", self.cpu)))
-        if not (_is_real(self.gpu) and 0 <= self.gpu <= 4096):
-            errors.append(("gpu", _expected("a number >= 0 (fractions allowed)", self.gpu)))
-        elif self.gpu > 1 and self.gpu != int(self.gpu):
-            errors.append(("gpu", _expected("a fraction <= 1 or a whole number of GPUs", self.gpu)))
-        if not _is_int(self.tpu, 0, 4096):
-            errors.append(("tpu", _expected("an integer >= 0", self.tpu)))
-        _raise_if(errors)
-
-
-@dataclass(frozen=True)
-class Values:
-    """A categorical parameter (a grid axis): one of ``values``.
-
-    >>> Values(values=(128, 256)).values
-    (128, 256)
-    """
-
-    values: tuple[Any, ...]
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.values, (list, tuple)) or not self.values:
-            _raise_if([("values", _expected("a non-empty list", self.values))])
-        object.__setattr__(self, "values", tuple(self.values))
-
-
-@dataclass(frozen=True)
-class Constant:
-    """A constant set like ``fixed`` (useful inside ``one_of`` options and for overriding an include).
-
-    >>> Constant(value=0.9).value
-    0.9
-    """
-
-    value: Any
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """A numeric range: uniform, log_uniform, q_uniform (needs ``step``), int_uniform, int_log_uniform.
-
-    >>> Distribution(kind="int_uniform", min=0, max=5).integer
-    True
-    """
-
-    kind: DistributionKind
-    min: float
-    max: float
-    step: float | None = None
-
-    @property
-    def log(self) -> bool:
-        return self.kind in ("log_uniform", "int_log_uniform")
-
-    @property
-    def integer(self) -> bool:
-        return self.kind in ("int_uniform", "int_log_uniform")
-
-    def __post_init__(self) -> None:
-        errors: list[tuple[str, str]] = []
-        if self.kind not in DISTRIBUTION_KINDS:
-            errors.append(("distribution", _choice(self.kind, DISTRIBUTION_KINDS)))
-            _raise_if(errors)
-        number = "an integer" if self.integer else "a number"
-        bounds_ok = True
-        for key in ("min", "max"):
-            v = getattr(self, key)
-            if not _is_real(v) or (self.integer and not isinstance(v, int)):
-                errors.append((key, _expected(f"{number} between -{_MAX_NUMBER:g} and {_MAX_NUMBER:g}", v)))
-                bounds_ok = False
-        if bounds_ok:
-            if self.log and self.min <= 0:
-                errors.append(("min", _expected(f"a number > 0 ({self.kind} needs a positive range)", self.min)))
-            if self.max <= self.min:
-                errors.append(("max", _expected(f"a number > min ({self.min})", self.max)))
-        if self.kind == "q_uniform":
-            if not (_is_real(self.step) and self.step is not None and self.step > 0):
-                errors.append(("step", _expected("a number > 0 (required for q_uniform)", self.step)))
-            elif bounds_ok and self.max > self.min and self.step > self.max - self.min:
-                errors.append(("step", _expected(f"a step <= max - min ({self.max - self.min})", self.step)))
-        elif self.kind == "int_uniform":
-            if self.step is not None and not _is_int(self.step, 1, int(_MAX_NUMBER)):
-                errors.append(("step", _expected("an integer >= 1", self.step)))
-        elif self.step is not None:
-            errors.append(("step", _expected(f"no step for {self.kind} (use q_uniform or int_uniform)", self.step)))
-        _raise_if(errors)
-
-    def endpoints(self) -> tuple[float, float]:
-        """The smallest and largest values the distribution can produce (``max`` rounded down to a step)."""
-        if self.step and not self.log:
-            high = self.min + math.floor((self.max - self.min) / self.step + 1e-9) * self.step
-            return self.min, (int(high) if self.integer else high)
-        return self.min, self.max
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """A conditional choice: an option name, then that option's own parameters (relative dotted keys).
-
-    Under ``lr_schedule`` the option name is the schedule type, under ``optimizer`` the optimizer name,
-    under ``data`` the source, under a single value (``regime``) that value; see ``one_of_layout``.
-
-    >>> OneOf(options={"constant": {}, "cosine": {"warmup_epochs": Values(values=(0, 5))}}).names
-    ('constant', 'cosine')
-    """
-
-    options: Mapping[str, Mapping[str, Param]]
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.options)
-
-    def __post_init__(self) -> None:
-        errors = []
-        if not isinstance(self.options, Mapping) or not self.options:
-            errors.append(("one_of", _expected("a non-empty mapping of option name -> settings", self.options)))
-        else:
-            for name, opt in self.options.items():
-                if not isinstance(name, str) or not name:
-                    errors.append(("one_of", _expected("option names that are non-empty strings", name)))
-                elif not isinstance(opt, Mapping) or not all(isinstance(p, _PARAM_TYPES) for p in opt.values()):
-                    errors.append((f"one_of.{name}", _expected("a mapping of key -> parameter", opt)))
-        _raise_if(errors)
-
-
-Param: TypeAlias = "Values | Constant | Distribution | OneOf"
-_PARAM_TYPES = (Values, Constant, Distribution, OneOf)
+# ---------------------------------------------------------------- parameters
 
 
 def one_of_layout(key: str) -> tuple[str | None, str]:
@@ -415,8 +190,8 @@ def one_of_layout(key: str) -> tuple[str | None, str]:
     >>> one_of_layout("regime"), one_of_layout("optimizer.name")
     (('regime', ''), ('optimizer.name', 'optimizer.'))
     """
-    if key in _SELECTORS:
-        return f"{key}.{_SELECTORS[key]}", key + "."
+    if key in _CHOICES:
+        return f"{key}.{_CHOICES[key]}", key + "."
     if key in _SECTIONS:
         return None, key + "."  # option names are labels only
     parent = key.rpartition(".")[0]
@@ -461,11 +236,23 @@ def grid_size(parameters: Mapping[str, Param]) -> int:
     return total
 
 
+def describe_grid(parameters: Mapping[str, Param]) -> str:
+    """The grid's size and where it comes from.
+
+    >>> describe_grid({"regime": Values(values=("all", "bn")), "lr": Values(values=(0.1, 0.2, 0.4))})
+    '6 points (regime: 2 values × lr: 3 values)'
+    """
+    axes = []
+    for key, p in parameters.items():
+        if isinstance(p, Values) and len(p.values) > 1:
+            axes.append(f"{key}: {len(p.values):,} values")
+        elif isinstance(p, OneOf):
+            axes.append(f"{key}: {len(p.options)} options, {sum(grid_size(o) for o in p.options.values()):,} points")
+    size = grid_size(parameters)
+    return f"{size:,} point{'s' if size != 1 else ''}" + (f" ({' × '.join(axes)})" if axes else "")
+
+
 # ---------------------------------------------------------------- trial-config keys
-
-
-def _fields(cls: Any) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _key_problem(key: str) -> str | None:
@@ -473,19 +260,16 @@ def _key_problem(key: str) -> str | None:
     parts = key.split(".")
     head = parts[0]
     if head not in _TOP_FIELDS:
-        nested = [f"{s}.{head}" for s, cls in _SECTIONS.items() if head in _fields(cls)]
+        nested = [f"{s}.{head}" for s in _SECTIONS if head in section_keys(s)]
         return _unknown(head, _TOP_FIELDS, what="trial-config key", hint=nested[0] if nested else None)
     if head == "seed":
         return "the trial seed is set per replicate (top-level `seed` + replicate index); set `seed:` at the top"
     if head in _SECTIONS:
-        names = _fields(_SECTIONS[head]) + (("dataset",) if head == "data" else ())
+        names = section_keys(head) + (("dataset",) if head == "data" else ())
         if len(parts) > 1 and parts[1] not in names:
             return _unknown(parts[1], names, what=f"{head} setting")
         if len(parts) > 2:
             return f"{head}.{parts[1]} is a single value, it has no sub-key {'.'.join(parts[2:])!r}"
-    elif head == "lr_schedule":
-        if len(parts) > 2 or (len(parts) == 2 and not parts[1].isidentifier()):
-            return f"expected lr_schedule settings as single names (lr_schedule.warmup_epochs), received {key!r}"
     elif len(parts) > 1:
         return f"{head} is a single value, it has no sub-key {'.'.join(parts[1:])!r}"
     return None
@@ -499,67 +283,54 @@ def _is_spec(v: Any) -> bool:
     return isinstance(v, Mapping) and any(k in v for k in _SPEC_KEYS)
 
 
-def _is_namespace(key: str) -> bool:
-    return key in _SECTIONS or key == "lr_schedule"
+def _tag_first(keys: Iterable[str]) -> list[str]:
+    """Keys with the tags of tagged sections first (a new tag starts its section afresh)."""
+    return sorted(keys, key=lambda k: not _is_tag(k))
 
 
 # ---------------------------------------------------------------- resolving trial configs
 
 
-def collapse_schedule(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Gather ``lr_schedule.*`` keys into one ``lr_schedule`` dict (like ``config.flatten``).
-
-    >>> collapse_schedule({"lr": 0.1, "lr_schedule.type": "cosine", "lr_schedule.warmup_epochs": 2})
-    {'lr': 0.1, 'lr_schedule': {'type': 'cosine', 'warmup_epochs': 2}}
-    """
-    out: dict[str, Any] = {}
-    for k, v in flat.items():
-        if k == "lr_schedule" and isinstance(v, Mapping):
-            out["lr_schedule"] = {**out.get("lr_schedule", {}), **v}
-        elif k.startswith("lr_schedule."):
-            out.setdefault("lr_schedule", {})[k.split(".", 1)[1]] = v
-        else:
-            out[k] = v
-    return out
-
-
 def merge_config(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> dict[str, Any]:
-    """``fixed`` + ``sampled`` (flat dotted keys) -> flat trial config.
+    """``fixed`` + ``sampled`` (nested or dotted keys) -> a flat trial config (dotted keys).
 
-    A sampled ``lr_schedule`` merges into the fixed one, unless both name a ``type`` and they differ
-    (then it replaces it). A schedule without a ``type`` fills in from the default (multistep).
+    A sampled key replaces the fixed one; a sampled tag of a tagged section (``lr_schedule.type``) that differs
+    from the fixed one starts that section afresh. A schedule without a ``type`` is the default kind's.
 
-    >>> merge_config({"lr_schedule": {"warmup_epochs": 1}}, {"lr_schedule": {"type": "cosine"}})
-    {'lr_schedule': {'warmup_epochs': 1, 'type': 'cosine'}}
+    >>> merge_config({"lr_schedule.warmup_epochs": 1}, {"lr_schedule.type": "cosine"})
+    {'lr_schedule.warmup_epochs': 1, 'lr_schedule.type': 'cosine'}
     >>> merge_config({"lr_schedule": {"type": "step", "every": 30}}, {"lr_schedule.type": "cosine"})
-    {'lr_schedule': {'type': 'cosine'}}
+    {'lr_schedule.type': 'cosine'}
     """
-    out = collapse_schedule(fixed)
-    for k, v in collapse_schedule(sampled).items():
-        base = out.get("lr_schedule")
-        if k == "lr_schedule" and isinstance(v, Mapping) and isinstance(base, Mapping):
-            replace = "type" in v and "type" in base and v["type"] != base["type"]
-            out[k] = dict(v) if replace else {**base, **v}
-        else:
-            out[k] = dict(v) if isinstance(v, Mapping) else v
-    schedule = out.get("lr_schedule")
-    if isinstance(schedule, dict) and "type" not in schedule:
-        out["lr_schedule"] = {**TrialConfig().lr_schedule, **schedule}
-    return out
+    out = flatten(fixed)
+    more = flatten(sampled)
+    for k in _tag_first(more):
+        set_key(out, k, more[k])
+    return with_default_tags(out)
 
 
-def _config_error(flat: Mapping[str, Any]) -> ConfigError | None:
-    """The first problem of a trial config (TrialConfig, then the LR schedule's own parameters)."""
+def _config_error(flat: Mapping[str, Any], extra: Any = None) -> tuple[ConfigError | None, TrialConfig | None]:
+    """The first problem of a trial config (or None, and the config)."""
     try:
         cfg = TrialConfig.from_dict(dict(flat))
-        from bnsweep.spec import schedules  # numpy only
-
-        schedules.resolve_schedule(cfg.lr_schedule)
     except ConfigError as e:
-        return e
+        return e, None
     except Exception as e:  # a value of a type the checks did not expect
-        return ConfigError("", flat, f"a valid trial config ({type(e).__name__}: {e})")
-    return None
+        return ConfigError("", flat, f"a valid trial config ({type(e).__name__}: {e})"), None
+    return (extra(cfg) if extra else None), cfg
+
+
+def _validation_split(metric: Any) -> Any:
+    """The spec-level check of a trial config: a validation metric needs a validation split."""
+    name = getattr(metric, "name", "")
+
+    def check(cfg: TrialConfig) -> ConfigError | None:
+        if isinstance(name, str) and name.startswith("val_") and cfg.data.val_size == 0:
+            return ConfigError("data.val_size", 0, f"an integer > 0: metric.name {name!r} is measured on the "
+                                                   "validation split (or use metric train_accuracy / train_loss)")
+        return None
+
+    return check
 
 
 @dataclass(frozen=True)
@@ -587,13 +358,11 @@ def _alternatives(key: str, param: Param, path: str) -> list[_Alt]:
 
 
 def _signature(e: ConfigError | None) -> tuple[str, str, str] | None:
-    return None if e is None else (e.key, _show(e.received), e.allowed)
+    return None if e is None else (e.key, shorten(e.received), e.allowed)
 
 
 def _config_message(e: ConfigError, own: Iterable[str]) -> str:
-    text = _expected(e.allowed, e.received)
-    if e.allowed.startswith("one of "):
-        text += _suggestion(e.received, e.allowed[7:].split(", "))
+    text = message(e)
     if e.key in own or not e.key:
         return text
     return f"makes {e.key} invalid: {text}"
@@ -601,14 +370,26 @@ def _config_message(e: ConfigError, own: Iterable[str]) -> str:
 
 class _ConfigChecker:
     """Builds a TrialConfig for every value of every parameter (each in a valid context where possible)
-    and blames each failure on the value that introduced it."""
+    and blames each failure on the value that introduced it; likewise each warning (a schedule that cannot do
+    what it says) on the first value that brings it."""
 
-    def __init__(self, fixed: Mapping[str, Any]) -> None:
+    def __init__(self, fixed: Mapping[str, Any], extra: Any = None) -> None:
         self.fixed = fixed
+        self.extra = extra
         self.errors: list[tuple[str, str]] = []
+        self.warnings: dict[str, str] = {}  # message -> spec path (the first to bring it)
 
     def error(self, values: Mapping[str, Any]) -> ConfigError | None:
-        return _config_error(merge_config(self.fixed, values))
+        return _config_error(merge_config(self.fixed, values), self.extra)[0]
+
+    def warn(self, values: Mapping[str, Any], where: Any) -> None:
+        """Record the warnings of the config ``values`` make, each at ``where(key)`` unless already recorded."""
+        err, cfg = _config_error(merge_config(self.fixed, values), self.extra)
+        if err is None and cfg is not None:
+            for key, text in cfg.warnings():
+                path = where(key)
+                shown = text if key.rpartition(".")[2] in path else f"with {key}: {text}"
+                self.warnings.setdefault(shown, path)
 
     def full(self, alt: _Alt, context: Mapping[str, Any]) -> dict[str, Any]:
         if alt.inner is None:
@@ -631,6 +412,7 @@ class _ConfigChecker:
               *, top: bool) -> None:
         params = dict(params)
         base_error: ConfigError | None = None
+        dropped: set[str] = set()
         for _ in range(100):  # at the top, report each broken fixed key / parameter and set it aside
             _, chosen = self.reps(params, prefix, context)
             fulls = {rel: self.full(alt, context) for rel, alt in chosen.items()}
@@ -638,16 +420,19 @@ class _ConfigChecker:
             for v in fulls.values():
                 base.update(v)
             base_error = self.error(base)
-            if not top or base_error is None:
+            if not top or base_error is None or base_error.key in dropped:  # (its default fails: said already)
                 break
-            path, message = self._locate_base(base_error, params, prefix, path_prefix)
-            self.errors.append((path, message))
+            path, text = self._locate_base(base_error, params, prefix, path_prefix)
+            self.errors.append((path, text))
+            dropped.add(base_error.key)
             if path.startswith("fixed."):
                 self._drop_fixed(path[len("fixed."):])
             elif path.startswith(path_prefix) and path[len(path_prefix):] in params:
                 del params[path[len(path_prefix):]]
             else:
                 break
+        if top and not context and base_error is None:  # the sweep's representative config
+            self.warn(base, lambda key: self._locate_key(key, params, prefix, path_prefix))
         for rel, p in params.items():
             others = dict(context)
             for other, v in fulls.items():
@@ -665,40 +450,31 @@ class _ConfigChecker:
                         continue
                 if fails and err is not None:
                     self.errors.append((alt.path, _config_message(err, alt.values)))
-                elif alt.inner is not None:
+                    continue
+                if alt.inner is not None:
                     self.check(alt.inner[1], alt.inner[0], alt.path + ".", {**others, **alt.values}, top=False)
+                self.warn({**others, **self.full(alt, others)}, lambda key, path=alt.path: path)
 
     def _drop_fixed(self, key: str) -> None:
-        fixed = dict(self.fixed)
-        if key.startswith("lr_schedule.") and isinstance(fixed.get("lr_schedule"), Mapping) and key != \
-                "lr_schedule.type":
-            fixed["lr_schedule"] = {k: v for k, v in fixed["lr_schedule"].items() if k != key.split(".", 1)[1]}
-        else:
-            fixed.pop("lr_schedule" if key.startswith("lr_schedule") else key, None)
-        self.fixed = fixed
+        drop = key.partition(".")[0] if _is_tag(key) else key  # a bad tag: its section's other keys go too
+        self.fixed = {k: v for k, v in self.fixed.items() if not (k == drop or k.startswith(drop + "."))}
+
+    def _locate_key(self, key: str, params: Mapping[str, Param], prefix: str, path_prefix: str) -> str:
+        if key in self.fixed:
+            return f"fixed.{key}"
+        for rel, p in params.items():
+            if key in affected_keys(prefix + rel, p):
+                return path_prefix + rel
+        head = key.split(".")[0]
+        near = next((k for k in self.fixed if k.split(".")[0] == head), None)
+        return f"fixed.{near}" if near else "fixed"
 
     def _locate_base(self, e: ConfigError, params: Mapping[str, Param], prefix: str, path_prefix: str
                      ) -> tuple[str, str]:
-        flat_fixed = _expand_schedule(self.fixed)
-        if e.key in flat_fixed:
-            return f"fixed.{e.key}", _config_message(e, [e.key])
-        for rel, p in params.items():
-            if e.key in affected_keys(prefix + rel, p):
-                path = path_prefix + rel
-                return path, _config_message(e, [prefix + rel])
-        head = e.key.split(".")[0]
-        near = next((k for k in flat_fixed if k.split(".")[0] == head), None)
-        return (f"fixed.{near}" if near else "fixed"), _config_message(e, [])
-
-
-def _expand_schedule(fixed: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in fixed.items():
-        if k == "lr_schedule" and isinstance(v, Mapping):
-            out.update({f"lr_schedule.{sk}": sv for sk, sv in v.items()})
-        else:
-            out[k] = v
-    return out
+        path = self._locate_key(e.key, params, prefix, path_prefix)
+        own = [e.key] if path == f"fixed.{e.key}" else []
+        own += [prefix + rel for rel in params if path == path_prefix + rel]
+        return path, _config_message(e, own)
 
 
 # ---------------------------------------------------------------- the spec
@@ -747,14 +523,17 @@ def _max_value(key: str, fixed: Mapping[str, Any], params: Mapping[str, Param], 
     return max(numbers) if numbers else None
 
 
+_TOP = SpecFile.model_fields
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """A validated sweep: what to search, how, and with which resources. Build with ``load_spec``.
 
-    ``fixed`` holds flat dotted trial-config keys (``lr_schedule`` kept as one dict, as
-    ``config.flatten`` does); ``parameters`` maps dotted keys to ``Values``/``Constant``/
-    ``Distribution``/``OneOf``; ``raw`` is the resolved spec as plain data (``to_dict()``), which
-    ``parse_spec_text(yaml.safe_dump(raw))`` reads back to the same spec.
+    ``fixed`` holds flat dotted trial-config keys (every section alike: ``lr_schedule.type``); ``parameters`` maps
+    dotted keys to ``Values``/``Constant``/``Distribution``/``OneOf``; ``raw`` is the resolved spec as plain data
+    (``to_dict()``), which ``to_yaml()`` writes so that it reads back to the same spec; ``warnings`` lists what
+    the sweep's configs will not do as written (a warm-up longer than the run...), each with its file and line.
 
     >>> spec = SweepSpec(name="t", method="random", trials=2, fixed={"model.depth": 8},
     ...                  parameters={"lr": Values(values=(0.1, 0.2))})
@@ -763,24 +542,27 @@ class SweepSpec:
     """
 
     name: str
-    description: str = ""
-    method: Method = "tpe"
+    description: str = _TOP["description"].default
+    method: str = _TOP["method"].default
     metric: Metric = field(default_factory=Metric)
-    trials: int = 1
-    replicates: int = 1
-    seed: int = 0
+    trials: int = _TOP["trials"].default
+    replicates: int = _TOP["replicates"].default
+    seed: int = _TOP["seed"].default
     max_concurrent: int | None = None  # trials at once; None: as many as fill the machine (search._packing)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     resources: Resources = field(default_factory=Resources)
-    retries: int = 0
+    retries: int = _TOP["retries"].default
     storage: str | None = None
-    tracking: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_TRACKING))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     parameters: Mapping[str, Param] = field(default_factory=dict)
     source: str = "<string>"
     raw: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[Problem, ...] = field(default=(), init=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.fixed, Mapping):
+            object.__setattr__(self, "fixed", flatten(self.fixed))
         _raise_if(self._errors())
         if not self.raw:
             object.__setattr__(self, "raw", self.to_dict())
@@ -788,33 +570,25 @@ class SweepSpec:
     # ---- validation
     def _errors(self) -> list[tuple[str, str]]:
         e: list[tuple[str, str]] = []
-        if not (isinstance(self.name, str) and _NAME_RE.fullmatch(self.name) and self.name not in (".", "..")):
-            e.append(("name", _expected("a run name of letters, digits, '_', '.', '-'", self.name)))
-        if not isinstance(self.description, str):
-            e.append(("description", _expected("a string", self.description)))
-        if self.method not in METHODS:
-            e.append(("method", _choice(self.method, METHODS)))
-        ints = {"trials": (1, 1_000_000), "replicates": (1, 10_000), "seed": (0, 2**31 - 1),
-                "max_concurrent": (1, 100_000), "retries": (0, 1000)}
-        for key, (lo, hi) in ints.items():
-            if key == "max_concurrent" and self.max_concurrent is None:
-                continue
-            if not _is_int(getattr(self, key), lo, hi):
-                e.append((key, _expected(_int_range(lo, hi), getattr(self, key))))
-        for key, cls in (("metric", Metric), ("scheduler", SchedulerSpec), ("resources", Resources)):
-            if not isinstance(getattr(self, key), cls):
-                e.append((key, _expected(f"a {cls.__name__}", getattr(self, key))))
-        if self.storage is not None and not (isinstance(self.storage, str) and "://" in self.storage):
-            e.append(("storage", _expected("null or a database URL such as sqlite:///study.db", self.storage)))
-        e.extend(self._tracking_errors())
+        top = {k: getattr(self, k) for k in _TOP if k not in ("include", "fixed", "parameters")}
+        try:
+            checked = SpecFile.model_validate(top)
+        except ValidationError as err:
+            e.extend(_section_problems(err, SpecFile, top, ""))
+        else:
+            for key, cls in _SECTION_MODELS.items():  # a section given as a plain mapping: typed from here on
+                if isinstance(getattr(checked, key), cls):
+                    object.__setattr__(self, key, getattr(checked, key))
         keys_ok = self._key_errors(e)
         if self.method == "grid":
             for path, d in _distributions(self.parameters, "parameters."):
                 e.append((path, f"method grid needs {{values: [...]}} or a constant, received a {d.kind} distribution"))
         if keys_ok:
-            checker = _ConfigChecker(self.fixed)
+            checker = _ConfigChecker(self.fixed, _validation_split(self.metric))
             checker.check(self.parameters, "", "parameters.", {}, top=True)
             e.extend(checker.errors)
+            object.__setattr__(self, "warnings", tuple(Problem("<spec>", None, path, text)
+                                                       for text, path in checker.warnings.items()))
             if isinstance(self.scheduler, SchedulerSpec) and self.scheduler.type != "none":
                 epochs = _max_value("epochs", self.fixed, self.parameters) or TrialConfig().epochs
                 if _is_real(epochs) and self.scheduler.grace_period > epochs:
@@ -822,38 +596,18 @@ class SweepSpec:
                         f"at most the number of epochs ({epochs})", self.scheduler.grace_period)))
         return list(dict.fromkeys(e))
 
-    def _tracking_errors(self) -> list[tuple[str, str]]:
-        if not isinstance(self.tracking, Mapping):
-            return [("tracking", _expected("a mapping", self.tracking))]
-        e = []
-        for k, v in self.tracking.items():
-            if k not in TRACKING_KEYS:
-                e.append((f"tracking.{k}", _unknown(str(k), TRACKING_KEYS)))
-            elif k == "wandb" and not isinstance(v, bool):
-                e.append((f"tracking.{k}", _expected("true or false", v)))
-            elif k == "tags" and not (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v)):
-                e.append((f"tracking.{k}", _expected("a list of strings", v)))
-            elif k in ("project", "entity", "group") and not (v is None or (isinstance(v, str) and v)):
-                e.append((f"tracking.{k}", _expected("a non-empty string or null", v)))
-        return e
-
     def _key_errors(self, e: list[tuple[str, str]]) -> bool:
         n = len(e)
         if not isinstance(self.fixed, Mapping) or not isinstance(self.parameters, Mapping):
             e.append(("fixed", "expected mappings for fixed and parameters"))
             return False
-        for key, value in self.fixed.items():
+        for key in self.fixed:
             problem = _key_problem(_alias(key)) if isinstance(key, str) else "keys must be strings"
-            if problem is None and key in _SECTIONS:
-                problem = f"expected dotted keys ({key}.x), received the whole section"
-            if problem is None and key == "lr_schedule" and not isinstance(value, Mapping):
-                problem = _expected("a mapping with a 'type' key", value)
             if problem:
                 e.append((f"fixed.{key}", problem))
-        flat_fixed = _expand_schedule(self.fixed)
         seen: dict[str, str] = {}
         for key, p in self.parameters.items():
-            if not isinstance(p, _PARAM_TYPES):
+            if not isinstance(p, PARAM_TYPES):
                 e.append((f"parameters.{key}", _expected("Values, Constant, Distribution or OneOf", p)))
                 continue
             problem = _key_problem(key) if isinstance(key, str) and not (key in _SECTIONS and isinstance(
@@ -865,7 +619,7 @@ class SweepSpec:
                 problem = _key_problem(a)
                 if problem:
                     e.append((f"parameters.{key}", f"{a}: {problem}"))
-                clash = next((f for f in flat_fixed if _overlaps(a, f)), None)
+                clash = next((f for f in self.fixed if _overlaps(a, f)), None)
                 if clash:
                     e.append((f"parameters.{key}", f"{a} is both searched and fixed (fixed.{clash}); a key is "
                                                    "either fixed or searched"))
@@ -887,23 +641,41 @@ class SweepSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (what ``raw`` holds and what a run directory saves)."""
+        tracking = {"wandb": self.tracking.wandb, "project": self.tracking.project,
+                    **self.tracking.model_dump(exclude_unset=True)}  # the keys given, over the defaults named
         return {
             "name": self.name,
             "description": self.description,
             "method": self.method,
-            "metric": dataclasses.asdict(self.metric),
+            "metric": self.metric.model_dump(),
             "trials": self.trials,
             "replicates": self.replicates,
             "seed": self.seed,
             "max_concurrent": self.max_concurrent,
-            "scheduler": dataclasses.asdict(self.scheduler),
-            "resources": dataclasses.asdict(self.resources),
+            "scheduler": self.scheduler.model_dump(),
+            "resources": self.resources.model_dump(),
             "retries": self.retries,
             "storage": self.storage,
-            "tracking": dict(self.tracking),
+            "tracking": tracking,
             "fixed": unflatten(dict(self.fixed)),
             "parameters": {k: _param_to_plain(p) for k, p in self.parameters.items()},
         }
+
+    def to_yaml(self) -> str:
+        """The resolved spec as YAML that loads back to this spec (what a run directory saves as spec.yaml).
+
+        >>> spec = SweepSpec(name="q", description="1e3")
+        >>> parse_spec_text(spec.to_yaml()).spec_hash() == spec.spec_hash()
+        True
+        """
+        return dump_yaml({k: v for k, v in self.raw.items() if k != "include"})
+
+    def replace(self, **changes: Any) -> SweepSpec:
+        """A copy with top-level changes (``trials=3``, ``resources=...``), validated; ``SpecError`` if not valid."""
+        new = dataclasses.replace(self, **changes, raw={})
+        if "fixed" not in changes and "parameters" not in changes:
+            object.__setattr__(new, "warnings", self.warnings)  # (already located in their files)
+        return new
 
     def spec_hash(self) -> str:
         """12 hex digits over the resolved content (includes merged, overrides applied).
@@ -915,122 +687,13 @@ class SweepSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-# ---------------------------------------------------------------- YAML reading
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads YAML 1.2 floats like ``1e-3`` (PyYAML reads them as strings)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-_SAFE_TAGS = {t for t in _Loader.yaml_constructors if t is not None}
-
-
-def yaml_value(text: str) -> Any:
-    """Read one YAML value the way specs are read (safe; ``1e-3`` is a float), e.g. for ``--set k=v``.
-
-    >>> yaml_value("5e-4"), yaml_value("[0.5, 0.75]"), yaml_value("cosine")
-    (0.0005, [0.5, 0.75], 'cosine')
-    """
-    return yaml.load(text, Loader=_Loader)  # _Loader is a yaml.SafeLoader subclass
-
-
-def _short_tag(tag: str) -> str:
-    return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
-
-
-def _walk(root: yaml.Node, file: str, problems: list[Problem]) -> dict[str, int] | None:
-    """Dotted YAML path -> line (1-based) of every key and list item; flags unsafe tags and duplicate keys.
-    None if the document is too large (alias bombs, recursive aliases)."""
-    lines: dict[str, int] = {}
-    stack: list[tuple[yaml.Node, str, int]] = [(root, "", 0)]
-    count = 0
-    ok = True
-    while stack:
-        node, path, depth = stack.pop()
-        count += 1
-        if count > _MAX_NODES or depth > _MAX_DEPTH:
-            what = f"more than {_MAX_NODES} YAML nodes" if count > _MAX_NODES else f"nested deeper than {_MAX_DEPTH}"
-            problems.append(Problem(file, None, "", f"too large: {what} after expanding aliases "
-                                                    "(recursive or nested aliases?)"))
-            return None
-        line = node.start_mark.line + 1
-        if node.tag not in _SAFE_TAGS:
-            problems.append(Problem(file, line, path, f"unsupported YAML tag {_short_tag(node.tag)!r}: specs "
-                                                      "are read with a safe loader (plain data only)"))
-            ok = False
-            continue
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for k, v in node.value:
-                if k.tag == "tag:yaml.org,2002:merge":
-                    stack.append((v, path, depth + 1))
-                    continue
-                if not isinstance(k, yaml.ScalarNode):
-                    problems.append(Problem(file, k.start_mark.line + 1, path, "mapping keys must be plain names"))
-                    ok = False
-                    continue
-                kp = f"{path}.{k.value}" if path else str(k.value)
-                kline = k.start_mark.line + 1
-                if k.value in seen:
-                    problems.append(Problem(file, kline, kp, f"duplicate key (first given on line {seen[k.value]})"))
-                    ok = False
-                seen[k.value] = kline
-                lines.setdefault(kp, kline)
-                stack.append((v, kp, depth + 1))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                ip = f"{path}[{i}]"
-                lines.setdefault(ip, item.start_mark.line + 1)
-                stack.append((item, ip, depth + 1))
-    return lines if ok else None
-
-
-def _read_yaml(text: str, file: str, problems: list[Problem]) -> tuple[Any, dict[str, int]] | None:
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            problems.append(Problem(file, None, "", "empty spec: expected a mapping with at least `name`"))
-            return None
-        lines = _walk(node, file, problems)
-        if lines is None:
-            return None
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        context = f"{e.context} (line {e.context_mark.line + 1})" if e.context and e.context_mark else e.context
-        what = ": ".join(str(x) for x in (context, e.problem) if x)
-        problems.append(Problem(file, mark.line + 1 if mark else None, "", f"invalid YAML: {what}"))
-        return None
-    except yaml.YAMLError as e:
-        problems.append(Problem(file, None, "", f"invalid YAML: {e}"))
-        return None
-    except RecursionError:
-        problems.append(Problem(file, None, "", "invalid YAML: nested too deeply"))
-        return None
-    except (ValueError, TypeError, OverflowError) as e:
-        problems.append(Problem(file, None, "", f"invalid YAML value: {e}"))
-        return None
-    finally:
-        loader.dispose()
-    if not isinstance(data, dict):
-        problems.append(Problem(file, 1, "", _expected("a mapping of spec keys (name, method, ...)", data)))
-        return None
-    return data, lines
-
-
 # ---------------------------------------------------------------- one file -> a layer
 
 
 @dataclass
 class _Layer:
-    """One spec file (or several merged): top-level values, flat fixed keys (``lr_schedule.x`` expanded),
-    parameters, and where each normalized spec path was written."""
+    """One spec file (or several merged): top-level values, flat fixed keys, parameters, and where each
+    normalized spec path was written."""
 
     top: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -1047,8 +710,8 @@ class _FileReader:
     def loc(self, ypath: str) -> Loc:
         return self.file, self.lines.get(ypath)
 
-    def problem(self, ypath: str, key: str, message: str) -> None:
-        self.problems.append(Problem(self.file, self.lines.get(ypath), key, message))
+    def problem(self, ypath: str, key: str, text: str) -> None:
+        self.problems.append(Problem(self.file, self.lines.get(ypath), key, text))
 
     def register(self, npath: str, ypath: str) -> None:
         self.layer.locs[npath] = self.loc(ypath)
@@ -1056,18 +719,18 @@ class _FileReader:
     # ---- top level
     def read(self, data: Mapping[Any, Any]) -> _Layer:
         for ypath in self.lines:
-            if not ypath.startswith(("fixed", "parameters")):
+            if ypath in ("fixed", "parameters") or not ypath.startswith(("fixed", "parameters")):
                 self.layer.locs[ypath] = self.loc(ypath)
         for key, value in data.items():
             if not isinstance(key, str):
-                self.problem("", _show(key), _expected("string keys", key))
+                self.problem("", shorten(key), _expected("string keys", key))
             elif key not in TOP_LEVEL_KEYS:
                 self.problem(key, key, _unknown(key, TOP_LEVEL_KEYS, hint=_TOP_HINTS.get(key)))
             elif key == "fixed":
                 self.read_fixed(value)
             elif key == "parameters":
                 self.read_parameters(value)
-            elif key in ("metric", "scheduler", "resources", "tracking"):
+            elif key in _SECTION_MODELS:
                 self.read_section(key, value)
             else:
                 self.layer.top[key] = value
@@ -1084,8 +747,7 @@ class _FileReader:
         if not isinstance(value, Mapping):
             self.problem(key, key, _expected("a mapping", value))
             return
-        allowed = {"metric": _fields(Metric), "scheduler": _fields(SchedulerSpec), "resources": _fields(Resources),
-                   "tracking": TRACKING_KEYS}[key]
+        allowed = tuple(_SECTION_MODELS[key].model_fields)
         kept = {}
         for k, v in value.items():
             if k not in allowed:
@@ -1113,20 +775,19 @@ class _FileReader:
             elif key in _SECTIONS:
                 if isinstance(v, Mapping):
                     self.read_fixed(v, ypath=yp, prefix=key + ".")
+                elif key in _TAGS and isinstance(v, str):  # `lr_schedule: cosine` names the kind
+                    self.set_fixed(f"{key}.{_TAGS[key]}", v, yp)
                 else:
-                    names = ", ".join(_fields(_SECTIONS[key]))
-                    self.problem(yp, self.shown + key, _expected(f"a mapping of {key} settings ({names})", v))
-            elif key == "lr_schedule":
-                if isinstance(v, str):
-                    v = {"type": v}
-                if not isinstance(v, Mapping):
-                    self.problem(yp, self.shown + key, _expected("a mapping with a 'type' key", v))
-                    continue
-                self.register("fixed.lr_schedule", yp)
-                for sk, sv in v.items():
-                    self.set_fixed(f"lr_schedule.{sk}", sv, f"{yp}.{sk}" if f"{yp}.{sk}" in self.lines else yp)
+                    self.problem(yp, self.shown + key, _expected(self._section_phrase(key), v))
             else:
                 self.set_fixed(key, v, yp)
+
+    @staticmethod
+    def _section_phrase(key: str) -> str:
+        if key in _TAGS:
+            kinds = ", ".join(tags_of(TrialConfig.model_fields[key]))
+            return f"a mapping with a {_TAGS[key]!r} key, or the {_TAGS[key]} alone ({kinds})"
+        return f"a mapping of {key} settings ({', '.join(section_keys(key))})"
 
     def set_fixed(self, key: str, value: Any, ypath: str) -> None:
         if key in self.layer.fixed:
@@ -1161,12 +822,12 @@ class _FileReader:
                     if key in self.layer.params:
                         self.problem(yp, np, "given twice (nested and dotted?)")
                     self.layer.params[key] = param
-            elif isinstance(v, Mapping) and _is_namespace(key):
+            elif isinstance(v, Mapping) and key in _SECTIONS:
                 self.read_parameters(v, ypath=yp, prefix=key + ".")
             elif isinstance(v, Mapping):
                 bad = next((str(x) for x in v if x not in _SPEC_KEYS), "")
                 self.problem(yp, np, _expected("a parameter spec with one of values, value, distribution, one_of",
-                                               dict(v)) + _suggestion(bad, _SPEC_KEYS + _DIST_KEYS))
+                                               dict(v)) + suggestion(bad, _SPEC_KEYS + _DIST_KEYS))
             else:
                 self.problem(yp, np, _expected(
                     "a parameter spec ({values: [...]}, {value: x}, {distribution: ...} or {one_of: {...}}); "
@@ -1252,7 +913,7 @@ class _FileReader:
                 param = self.read_param(v, ky, kn, full)
                 if param is not None:
                     out[rel] = param
-            elif isinstance(v, Mapping) and _is_namespace(full):
+            elif isinstance(v, Mapping) and full in _SECTIONS:
                 self.read_option(v, ky, kn, full + ".", selector, root, out)
             else:
                 self.register(kn, ky)
@@ -1309,14 +970,19 @@ def _without(key: str, param: Param, target: str) -> Param | None:
     return OneOf(options=options)
 
 
+def _start_afresh(layer: _Layer, section: str) -> None:
+    """Another kind of a tagged section: what was set or searched for the old kind no longer applies."""
+    for k in [k for k in layer.fixed if k.startswith(section + ".")]:
+        del layer.fixed[k]
+    for k in [k for k in layer.params if k == section or k.startswith(section + ".")]:
+        del layer.params[k]
+
+
 def _apply_fixed(layer: _Layer, key: str, value: Any, loc: Loc) -> None:
     """Fix ``key`` to ``value`` over what ``layer`` had: it replaces a search of that key; fixing the choice
     of a ``one_of`` to one of its options keeps searching that option's own parameters."""
-    if key == "lr_schedule.type" and "lr_schedule.type" in layer.fixed and layer.fixed[key] != value:
-        for k in [k for k in layer.fixed if k.startswith("lr_schedule.")]:  # another schedule: start afresh
-            del layer.fixed[k]
-        for k in [k for k in layer.params if k.startswith("lr_schedule.")]:
-            del layer.params[k]
+    if _is_tag(key) and key in layer.fixed and layer.fixed[key] != value:
+        _start_afresh(layer, key.partition(".")[0])
     for pk, p in list(layer.params.items()):
         selector, prefix = one_of_layout(pk) if isinstance(p, OneOf) else (None, "")
         if isinstance(p, OneOf) and selector == key:
@@ -1341,11 +1007,8 @@ def _apply_fixed(layer: _Layer, key: str, value: Any, loc: Loc) -> None:
 
 def _apply_param(layer: _Layer, key: str, param: Param) -> None:
     aff = affected_keys(key, param)
-    if "lr_schedule.type" in aff:  # a searched schedule type: inherited schedule settings no longer apply
-        for k in [k for k in layer.fixed if k.startswith("lr_schedule.")]:
-            del layer.fixed[k]
-        for k in [k for k in layer.params if k == "lr_schedule" or k.startswith("lr_schedule.")]:
-            del layer.params[k]
+    for tag in [a for a in aff if _is_tag(a)]:  # a searched kind: inherited settings of the section no longer apply
+        _start_afresh(layer, tag.partition(".")[0])
     for k in [k for k in layer.fixed if any(_overlaps(k, a) for a in aff)]:
         del layer.fixed[k]
     for pk, p in list(layer.params.items()):
@@ -1365,7 +1028,7 @@ def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, An
 def _merge(parent: _Layer, child: _Layer) -> _Layer:
     out = _Layer(top=_deep_merge(parent.top, child.top), fixed=dict(parent.fixed), params=dict(parent.params),
                  locs=dict(parent.locs))
-    for key in sorted(child.fixed, key=lambda k: k != "lr_schedule.type"):
+    for key in _tag_first(child.fixed):
         _apply_fixed(out, key, child.fixed[key], child.locs.get(f"fixed.{key}", ("", None)))
     for key, param in child.params.items():
         _apply_param(out, key, param)
@@ -1381,8 +1044,8 @@ def _load_layer(text: str | None, path: Path, display: str, problems: list[Probl
     """Read one file (and, depth first, what it includes) into a merged layer; None if unreadable."""
     if text is None:
         try:
-            if path.stat().st_size > _MAX_BYTES:
-                raise OSError(f"larger than {_MAX_BYTES} bytes")
+            if path.stat().st_size > MAX_BYTES:
+                raise OSError(f"larger than {MAX_BYTES} bytes")
             text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             reason = "file not found" if isinstance(e, FileNotFoundError) else str(e)
@@ -1391,7 +1054,7 @@ def _load_layer(text: str | None, path: Path, display: str, problems: list[Probl
             else:
                 problems.append(Problem(display, None, "", f"cannot read spec: {reason}"))
             return None
-    read = _read_yaml(text, display, problems)
+    read = read_yaml(text, display, problems)
     if read is None:
         return None
     data, lines = read
@@ -1437,7 +1100,7 @@ def _apply_overrides(layer: _Layer, overrides: Mapping[str, Any], problems: list
     reader.shown = ""
     reader.read_fixed(dict(overrides), ypath="")
     flat = reader.layer.fixed
-    for key in sorted(flat, key=lambda k: k != "lr_schedule.type"):
+    for key in _tag_first(flat):
         _apply_fixed(layer, key, flat[key], (_OVERRIDES, None))
 
 
@@ -1445,13 +1108,9 @@ def _build(layer: _Layer, source: str, problems: list[Problem]) -> SweepSpec | N
     top, locs = layer.top, layer.locs
     default: Loc = (source, None)
 
-    def add(errors: Iterable[Problem], prefix: str = "") -> None:
-        for p in errors:
-            key = prefix + p.key
-            file, line = _lookup(locs, key, default)
-            if file == _OVERRIDES:
-                key = key.removeprefix("fixed.")
-            problems.append(Problem(file, line, key, p.message))
+    def locate(key: str, text: str) -> Problem:
+        file, line = _lookup(locs, key, default)
+        return Problem(file, line, key.removeprefix("fixed.") if file == _OVERRIDES else key, text)
 
     kwargs: dict[str, Any] = {k: v for k, v in top.items() if k not in ("include",)}
     if "name" not in top:
@@ -1462,38 +1121,44 @@ def _build(layer: _Layer, source: str, problems: list[Problem]) -> SweepSpec | N
     metric = dict(top.get("metric", {}))
     if "goal" not in metric and isinstance(metric.get("name"), str):
         metric["goal"] = "minimize" if metric["name"].endswith("loss") else "maximize"
-    for key, cls, value in (("metric", Metric, metric), ("scheduler", SchedulerSpec, top.get("scheduler", {})),
-                            ("resources", Resources, top.get("resources", {}))):
+    for key, cls in _SECTION_MODELS.items():
+        value = metric if key == "metric" else top.get(key, {})
         try:
-            kwargs[key] = cls(**value)
-        except SpecError as e:
-            add(e.problems, key + ".")
+            kwargs[key] = cls.model_validate(value)
+        except ValidationError as e:
+            problems.extend(locate(k, text) for k, text in _section_problems(e, cls, value, key))
             kwargs[key] = cls()
-    kwargs["tracking"] = {**DEFAULT_TRACKING, **top.get("tracking", {})}
-    kwargs["fixed"] = collapse_schedule(layer.fixed)
+    kwargs["fixed"] = dict(layer.fixed)
     kwargs["parameters"] = dict(layer.params)
     method = kwargs.get("method", "tpe")
     if method == "grid":
         try:
-            size = grid_size(layer.params)
+            size: int | None = grid_size(layer.params)
         except ValueError:
             size = None
         trials = kwargs.get("trials")
-        if size is not None and (trials is None or (_is_int(trials, 1, 1_000_000) and trials > size)):
+        if size is not None and size > MAX_TRIALS:
+            problems.append(locate("parameters", f"a grid of {describe_grid(layer.params)}: more configurations than "
+                                                 f"the {MAX_TRIALS:,} a sweep may have; search it with method random "
+                                                 "or tpe and `trials: N`, or give fewer values"))
+            kwargs["trials"] = 1
+        elif size is not None and (trials is None or (isinstance(trials, int) and not isinstance(trials, bool)
+                                                      and trials > size)):
             kwargs["trials"] = size
     elif "trials" not in kwargs:
         problems.append(Problem(source, None, "trials", f"required for method {method!r}: the number of sampled "
                                                         "configurations"))
     if method == "cmaes" and importlib.util.find_spec("cmaes") is None:
-        file, line = _lookup(locs, "method", default)
-        problems.append(Problem(file, line, "method", "cmaes needs the `cmaes` package (pip install cmaes), which "
-                                                      "is not installed; use tpe or random"))
+        problems.append(locate("method", "cmaes needs the `cmaes` package (pip install cmaes), which is not "
+                                         "installed; use tpe or random"))
     kwargs["source"] = source
     try:
-        return SweepSpec(**kwargs)
+        spec = SweepSpec(**kwargs)
     except SpecError as e:
-        add(e.problems)
+        problems.extend(locate(p.key, p.message) for p in e.problems)
         return None
+    object.__setattr__(spec, "warnings", tuple(locate(p.key, p.message) for p in spec.warnings))
+    return spec
 
 
 def _load(text: str | None, path: Path, display: str, overrides: Mapping[str, Any] | None) -> SweepSpec:

@@ -1,5 +1,6 @@
 """What every column of the results and history tables means, and its dtype: the single source of
-``docs/results-table.md`` (tests/test_results.py keeps the two in sync).
+``docs/results-table.md`` (tests/test_results.py keeps the two in sync). A trial-config column's meaning is its
+field's description (``bnsweep.spec.config``), written there once.
 
 >>> "params_trainable" in COLUMNS and COLUMNS["model.depth"][0]
 'Int64'
@@ -7,14 +8,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bnsweep.spec.config import DataConfig, ModelConfig, OptimizerConfig, TrialConfig
+from bnsweep.base.atomic import atomic_write_text
+from bnsweep.spec.config import TrialConfig, config_keys, selectors
+from bnsweep.spec.fields import tags_of
 
 # pandas >= 3 has a real string dtype ("str", NaN for missing); pandas 2 keeps Python strings in object.
 STR = "str" if int(pd.__version__.split(".")[0]) >= 3 else "object"
@@ -32,47 +35,11 @@ _HEAD: dict[str, tuple[str, str]] = {
 }
 
 
-_CONFIG_DESCRIPTIONS: dict[str, str] = {
-    "model.depth": "network depth (resnet: 6·D+2; idiomatic_bottleneck: 9·n+2)",
-    "model.width": "width multiplier W (16·W, 32·W, 64·W filters)",
-    "model.gamma_init": "BN γ initialization (uniform: U[0,1), ones)",
-    "model.num_classes": "output classes",
-    "model.arch": "network (resnet: the paper's; idiomatic_bottleneck: the notebooks')",
-    "regime": "freezing regime: which parameters train",
-    "data.source": "data source kind (cifar10, npz, dir, synthetic)",
-    "data.path": "data file or directory (source npz/dir)",
-    "data.test_path": "separate test npz, if any",
-    "data.train_size": "first N training images used (empty: all)",
-    "data.val_size": "validation images carved from the training data",
-    "data.test_size": "cap on test images",
-    "data.split_seed": "seed of the train/val(/test) split",
-    "data.augment": "augmentation (paper: pad-crop + flip; notebook; none)",
-    "data.normalize": "per-channel mean/std normalization",
-    "data.synthetic_size": "images per split for the synthetic source",
-    "optimizer.name": "optimizer (sgd, adam, adamw)",
-    "optimizer.momentum": "SGD momentum",
-    "optimizer.nesterov": "Nesterov momentum",
-    "optimizer.weight_decay": "weight decay (L2 for sgd/adam, decoupled for adamw)",
-    "optimizer.decay_bn": "weight decay applied to BN γ/β too",
-    "optimizer.beta_1": "Adam β1",
-    "optimizer.beta_2": "Adam β2",
-    "optimizer.epsilon": "Adam ε",
-    "lr": "peak learning rate (per lr_reference_batch images when lr_scaling is set)",
-    "lr_scaling": "LR scaling with batch size (none, linear, sqrt)",
-    "lr_reference_batch": "the batch size lr is quoted for when lr_scaling is set",
-    "batch_size": "training batch size",
-    "epochs": "planned epochs",
-    "backend": "Keras backend the trial asked for (tensorflow, jax)",
-    "jit_compile": "XLA compilation (true, false, auto)",
-    "threads": "TensorFlow intra-op threads (empty: the trial's CPUs)",
-    "steps_per_epoch": "cap on steps per epoch (empty: a full pass)",
-    "strategy": "TensorFlow distribution strategy (none, mirrored, tpu)",
-}
-
-
 def _dtype_of(hint: Any) -> str:
     """Column dtype for a config field's type hint."""
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Annotated:
+        return _dtype_of(args[0])
     if hint is bool:
         return "boolean"
     if hint is int:
@@ -83,33 +50,31 @@ def _dtype_of(hint: Any) -> str:
         return "str"
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
+        if set(inner) == {int, float}:
+            return "float64"  # a number kept as written (an epoch count or a fraction of the run)
         if len(inner) == 1:
             return _dtype_of(inner[0])
-    return "str"  # mixed (e.g. bool | "auto"): text
+    return "str"  # mixed (e.g. bool | "auto") and lists (as JSON): text
 
 
 def _config_columns() -> dict[str, tuple[str, str]]:
-    from bnsweep.spec.schedules import SCHEDULE_PARAMS
-
+    """One column per trial-config key (the seed is an identity column), described by its field: a tagged
+    section's parameters (the LR schedule's) in name order after its tag, with the kinds that use them."""
     cols: dict[str, tuple[str, str]] = {}
-    subs = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig}
-    hints = typing.get_type_hints(TrialConfig)
-    for f in dataclasses.fields(TrialConfig):
-        if f.name in subs:
-            sub_hints = typing.get_type_hints(subs[f.name])
-            for g in dataclasses.fields(subs[f.name]):
-                key = f"{f.name}.{g.name}"
-                cols[key] = (_dtype_of(sub_hints[g.name]), _CONFIG_DESCRIPTIONS.get(key, f"trial config `{key}`"))
-        elif f.name == "lr_schedule":
-            cols["lr_schedule.type"] = ("str", "LR schedule type (see spec/schedules.py)")
-            params = sorted({p for ps in SCHEDULE_PARAMS.values() for p in ps})
-            for p in params:
-                used = ", ".join(t for t, ps in SCHEDULE_PARAMS.items() if p in ps)
-                dtype = "str" if p == "milestones" else "float64"
-                what = "JSON list of times (fractions < 1 or epochs)" if p == "milestones" else "schedule parameter"
-                cols[f"lr_schedule.{p}"] = (dtype, f"{what}; defaults filled in; used by {used}")
-        elif f.name != "seed":  # seed is an identity column
-            cols[f.name] = (_dtype_of(hints[f.name]), _CONFIG_DESCRIPTIONS.get(f.name, f"trial config `{f.name}`"))
+    for key, field in config_keys().items():
+        section, _, leaf = key.partition(".")
+        tag = selectors().get(section)
+        if key == "seed" or (tag and leaf != tag):
+            continue  # the seed is an identity column; a tagged section's parameters follow its tag
+        cols[key] = (_dtype_of(field.annotation), field.description or f"trial config `{key}`")
+        if tag:
+            kinds = tags_of(TrialConfig.model_fields[section])
+            for name in sorted({p for m in kinds.values() for p in m.model_fields} - {tag}):
+                used = [k for k, m in kinds.items() if name in m.model_fields]
+                f = kinds[used[0]].model_fields[name]
+                listed = "; a JSON list" if _dtype_of(f.annotation) == "str" else ""
+                text = f"{f.description}{listed}; defaults filled in; used by {', '.join(used)}"
+                cols[f"{section}.{name}"] = (_dtype_of(f.annotation), text)
     return cols
 
 
@@ -184,3 +149,35 @@ def columns_markdown(which: str = "results") -> str:
     lines = ["| column | dtype | meaning |", "| --- | --- | --- |"]
     lines += [f"| `{k}` | {dtype} | {desc.replace('|', '/')} |" for k, (dtype, desc) in cols.items()]
     return "\n".join(lines) + "\n"
+
+
+def regenerate_docs(path: str | Path) -> bool:
+    """Rewrite the column tables of ``docs/results-table.md`` (each the table after its ``## results`` /
+    ``## history`` heading) from the code; True if the file changed. ``python -m bnsweep.store.columns``."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        out.append(lines[i])
+        which = next((w for w in ("results", "history") if lines[i].startswith(f"## {w} ")), None)
+        i += 1
+        if which:
+            while i < len(lines) and not lines[i].startswith("|"):
+                out.append(lines[i])
+                i += 1
+            while i < len(lines) and lines[i].startswith("|"):
+                i += 1
+            out.extend(columns_markdown(which).rstrip("\n").split("\n"))
+    text = "\n".join(out)
+    changed = text != path.read_text(encoding="utf-8")
+    if changed:
+        atomic_write_text(path, text)
+    return changed
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results-table.md")
+    print(f"{target}: {'regenerated' if regenerate_docs(target) else 'up to date'}")

@@ -56,19 +56,8 @@ def _seed_dirs(run_dir: Path) -> Iterable[tuple[str, int, Path]]:
 
 
 def _flat_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted hyperparameter columns; the LR schedule with its defaults filled in."""
-    from bnsweep.spec.schedules import resolve_schedule
-
-    flat = flatten(dict(cfg))
-    sched = flat.pop("lr_schedule", None)
-    if isinstance(sched, Mapping):
-        try:
-            sched = resolve_schedule(dict(sched))
-        except ValueError:
-            sched = dict(sched)
-        for k, v in sched.items():
-            flat[f"lr_schedule.{k}"] = v
-    return flat
+    """Dotted hyperparameter columns (``cfg`` normalized: the LR schedule's defaults are filled in)."""
+    return flatten(dict(cfg))
 
 
 def _normalized(cfg: Mapping[str, Any]) -> dict[str, Any]:

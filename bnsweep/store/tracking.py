@@ -55,34 +55,32 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from bnsweep.spec.tracking import TrackingConfig  # the spec's `tracking:` section, one definition
+
+__all__ = ["TrackingConfig", "TrackingWarning", "TrialTracker", "log_sweep_summary", "resolve_mode", "scrub_secrets",
+           "tracking_failure"]
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["auto", "offline", "online", "disabled"]
+
+def __getattr__(name: str) -> Any:
+    """``TrackingConfig`` (the spec's ``tracking:`` section) is loaded on first use: importing this module stays
+    fast (no pydantic, no wandb) for processes that never track."""
+    if name == "TrackingConfig":
+        from bnsweep.spec.tracking import TrackingConfig
+
+        return TrackingConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 MASK = "***"
 
 
 class TrackingWarning(RuntimeWarning):
     """W&B could not be used; training goes on without it."""
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    wandb: bool = True
-    project: str = "bnsweep"
-    entity: str | None = None
-    mode: Mode = "auto"
-    init_timeout: float = 20.0  # seconds wandb.init may take (online: reaching the server) before giving up
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("auto", "offline", "online", "disabled"):
-            raise ValueError(f"tracking.mode: expected one of auto, offline, online, disabled, "
-                             f"received {self.mode!r}")
-        if not (isinstance(self.init_timeout, int | float) and self.init_timeout > 0):
-            raise ValueError(f"tracking.init_timeout: expected a number > 0, received {self.init_timeout!r}")
 
 
 # --------------------------------------------------------------------------------------------- secrets
@@ -407,17 +405,18 @@ class TrialTracker:
     @classmethod
     def start(cls, *, tracking: TrackingConfig, run_dir: Path, sweep: str, trial_id: str, seed: int,
               group: str, config: dict[str, Any], tags: Sequence[str] = ()) -> TrialTracker:
-        """Start the W&B run ``{trial_id}-seed{seed}`` in group ``{sweep}/{group}`` (replicates of one
-        configuration share ``group``, the config hash without the seed)."""
+        """Start the W&B run ``{trial_id}-seed{seed}`` in group ``{tracking.group or sweep}/{group}`` (replicates of
+        one configuration share ``group``, the config hash without the seed), tagged ``tracking.tags``."""
         mode = _precheck(tracking)
         if mode is None:
             return cls()
         run_dir = Path(run_dir).absolute()
         try:
             with _wandb_env(run_dir):
-                run = _init(tracking, mode, run_dir, name=f"{trial_id}-seed{seed}", group=f"{sweep}/{group}",
-                            job_type="trial", config=_jsonable(scrub_secrets(dict(config))),
-                            tags=[str(t) for t in tags] or None)
+                run = _init(tracking, mode, run_dir, name=f"{trial_id}-seed{seed}",
+                            group=f"{tracking.group or sweep}/{group}", job_type="trial",
+                            config=_jsonable(scrub_secrets(dict(config))),
+                            tags=[str(t) for t in (*tracking.tags, *tags)] or None)
         except Exception as e:
             _fail(_describe(e, "wandb.init"))
             return cls()
@@ -500,8 +499,9 @@ def log_sweep_summary(*, tracking: TrackingConfig, run_dir: Path, sweep: str, ta
     try:
         with _wandb_env(run_dir):
             wandb = _import_wandb()
-            run = _init(tracking, mode, run_dir, name="sweep-summary", group=sweep, job_type="summary",
-                        config=_jsonable(scrub_secrets(dict(config))), tags=[sweep, "summary"])
+            run = _init(tracking, mode, run_dir, name="sweep-summary", group=tracking.group or sweep,
+                        job_type="summary", config=_jsonable(scrub_secrets(dict(config))),
+                        tags=[*tracking.tags, sweep, "summary"])
             try:
                 data: dict[str, Any] = {}
                 for p in [*tables, *plots]:  # one unreadable file costs its panel, not the summary

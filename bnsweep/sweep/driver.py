@@ -232,14 +232,10 @@ def _rel(p: Path) -> str:
 
 
 def _write_run_files(run_dir: Path | RunDir, spec: Any, overrides: dict[str, Any], options: LaunchOptions) -> None:
-    import yaml
-
     from bnsweep.base.meta import library_versions
 
     rd = RunDir.of(run_dir)
-    raw = dict(spec.raw)  # canonical: includes merged, command-line overrides already applied
-    raw.pop("include", None)
-    atomic_write_text(rd.spec_yaml, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    atomic_write_text(rd.spec_yaml, spec.to_yaml())  # includes merged, command-line overrides applied
     from bnsweep.spec.sweep_spec import load_spec
 
     saved = load_spec(rd.spec_yaml)  # the saved spec must load back to the same sweep
@@ -323,7 +319,7 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
             "run_dir": rd.uri, "sweep": spec.name, "spec_hash": info["spec_hash"],
             "git_commit": info.get("git_commit"), "versions": info.get("versions", {}),
             "replicates": spec.replicates, "seed_base": spec.seed, "threads": max(1, math.floor(cpus)),
-            "tracking": dict(spec.tracking), "retries": spec.retries,
+            "tracking": spec.tracking.model_dump(), "retries": spec.retries,
         }
         resources = {"cpu": cpus, "gpu": spec.resources.gpu}
         if spec.resources.tpu:
@@ -426,10 +422,9 @@ def _counts(table: Any, *, total: int) -> dict[str, int]:
 def _log_summary(rd: RunDir, spec: Any) -> None:
     """The sweep's W&B summary run: results tables and any plots made so far (never raises); for a URI
     run directory the new offline run is uploaded with the trials' ones."""
-    from bnsweep.store.tracking import TrackingConfig, log_sweep_summary
+    from bnsweep.store.tracking import log_sweep_summary
 
-    known = set(TrackingConfig.__dataclass_fields__)
-    tracking = TrackingConfig(**{k: v for k, v in dict(spec.tracking).items() if k in known})
+    tracking = spec.tracking
     tables = [p for p in (rd.results_table("csv"), rd.history_table("csv")) if p.exists()]
     plots = sorted(rd.plots_dir.glob("*.png")) if rd.plots_dir.is_dir() else []
     before = set(rd.wandb_dir.glob("offline-run-*")) | set(rd.wandb_dir.glob("run-*"))

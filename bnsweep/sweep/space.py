@@ -1,7 +1,7 @@
 """A ``SweepSpec``'s parameters as an Optuna define-by-run search space, and as a grid.
 
 ``suggest(trial, spec.parameters)`` samples one configuration as flat dotted trial-config keys
-(``lr_schedule`` gathered into one dict, as ``config.flatten`` does). Optuna sees each ``one_of``
+(``lr_schedule.type``, as ``config.flatten`` writes every section). Optuna sees each ``one_of``
 as a categorical (``lr_schedule``) plus distinct conditional parameters per option
 (``lr_schedule.cosine.warmup_epochs``), so TPE models each option's parameters separately.
 
@@ -24,11 +24,11 @@ sampler=make_sampler(spec))``.
 >>> grid_size(spec.parameters), count_configurations(spec)
 (6, 6)
 >>> grid_points(spec.parameters)[1]
-{'batch_size': 64, 'lr_schedule': {'type': 'cosine', 'warmup_epochs': 0}}
+{'batch_size': 64, 'lr_schedule.type': 'cosine', 'lr_schedule.warmup_epochs': 0}
 >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
 >>> study = optuna.create_study(sampler=make_sampler(spec))
 >>> suggest(study.ask(), spec.parameters)
-{'batch_size': 64, 'lr_schedule': {'type': 'constant'}}
+{'batch_size': 64, 'lr_schedule.type': 'constant'}
 >>> cfg = resolve_trial_config(spec, grid_points(spec.parameters)[2], seed=3)
 >>> cfg["seed"], cfg["batch_size"], cfg["lr_schedule"]["type"], cfg["lr_schedule"]["warmup_epochs"]
 (3, 64, 'cosine', 1)
@@ -58,7 +58,6 @@ from bnsweep.spec.sweep_spec import (
     Param,
     SweepSpec,
     Values,
-    collapse_schedule,
     merge_config,
     one_of_layout,
 )
@@ -112,18 +111,18 @@ def _suggest_into(trial: BaseTrial, parameters: Mapping[str, Param], *, key_pref
 
 
 def suggest(trial: BaseTrial, parameters: Mapping[str, Param]) -> dict[str, Any]:
-    """Sample one configuration (define-by-run): flat dotted keys, ``lr_schedule`` as one dict.
+    """Sample one configuration (define-by-run): flat dotted keys.
 
     >>> import optuna
     >>> from bnsweep.spec.sweep_spec import OneOf, Values
     >>> trial = optuna.trial.FixedTrial({"lr_schedule": "cosine", "lr_schedule.cosine.warmup_epochs": 5})
     >>> suggest(trial, {"lr_schedule": OneOf(options={"constant": {}, "cosine": {"warmup_epochs": Values(
     ...     values=(0, 5))}})})
-    {'lr_schedule': {'type': 'cosine', 'warmup_epochs': 5}}
+    {'lr_schedule.type': 'cosine', 'lr_schedule.warmup_epochs': 5}
     """
     out: dict[str, Any] = {}
     _suggest_into(trial, parameters, key_prefix="", name_prefix="", out=out)
-    return collapse_schedule(out)
+    return out
 
 
 # ---------------------------------------------------------------- grids
@@ -168,7 +167,7 @@ def grid_points(parameters: Mapping[str, Param], *, limit: int | None = None) ->
     [{'batch_size': 64, 'lr': 0.1}, {'batch_size': 128, 'lr': 0.1}]
     """
     points = itertools.islice(_iter_grid(parameters, key_prefix="", name_prefix=""), limit)
-    return [collapse_schedule(copy.deepcopy(values)) for values, _ in points]
+    return [copy.deepcopy(values) for values, _ in points]
 
 
 def grid_optuna_params(parameters: Mapping[str, Param], *, limit: int | None = None) -> list[dict[str, Any]]:
@@ -283,8 +282,8 @@ def resolve_trial_config(spec: SweepSpec, sampled: Mapping[str, Any], *, seed: i
     raises ``config.ConfigError`` if the combination is invalid.
 
     >>> from bnsweep.spec.sweep_spec import SweepSpec
-    >>> spec = SweepSpec(name="t", fixed={"model.depth": 8, "lr_schedule": {"type": "cosine"}})
-    >>> cfg = resolve_trial_config(spec, {"lr": 0.5, "lr_schedule": {"warmup_epochs": 2}}, seed=7)
+    >>> spec = SweepSpec(name="t", fixed={"model.depth": 8, "lr_schedule.type": "cosine"})
+    >>> cfg = resolve_trial_config(spec, {"lr": 0.5, "lr_schedule.warmup_epochs": 2}, seed=7)
     >>> cfg["model"]["depth"], cfg["lr"], cfg["lr_schedule"]["warmup_epochs"], cfg["seed"]
     (8, 0.5, 2, 7)
     """

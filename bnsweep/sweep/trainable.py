@@ -128,14 +128,13 @@ class _Trial:
     def _start_replicates(self) -> None:
         import keras
 
-        from bnsweep.store.tracking import TrackingConfig
+        from bnsweep.spec.tracking import TrackingConfig
 
         keras.backend.clear_session()  # a reused worker: free the previous trial's graphs and models
         manifest = self._restore()
         self.code_failures = int(manifest.get("code_failures", 0))
         self.resumed_at = int(manifest.get("epoch", 0))
-        known = set(TrackingConfig.__dataclass_fields__)
-        self.tracking = TrackingConfig(**{k: v for k, v in self.meta.get("tracking", {}).items() if k in known})
+        self.tracking = TrackingConfig.model_validate(self.meta.get("tracking", {}))
         for i, seed in enumerate(replicate_seeds(self.meta)):
             d = self.ckpt / f"seed-{seed}"
             held = self.rd.read_remote(self.rd.rel(self.rd.replicate(self.trial_id, seed).result))
