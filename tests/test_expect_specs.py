@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from bnsweep.analysis.scorecard import expectations_of
+
 from bnsweep.spec.config import TrialConfig, flatten
 from bnsweep.spec.expect import parse_expectations
 from bnsweep.spec.sweep_spec import load_spec
@@ -39,3 +39,25 @@ def test_the_saved_spec_carries_its_expectations(tmp_path):
     (run / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     got = expectations_of(run)
     assert {e.label for e in got} >= {"regime=bn, model.depth=110", "regime=all, model.depth=20"}
+
+
+def test_a_bad_expect_section_is_refused_at_load_naming_its_key(tmp_path):
+    from bnsweep.spec.sweep_spec import SpecError
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nmethod: grid\nparameters:\n  regime: {values: [all, bn]}\n"
+                    "expect:\n  \"regime=bn\": {test_accuracy: [0.9, 0.1]}\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    assert 'expect."regime=bn".test_accuracy' in str(e.value) and "received" in str(e.value)
+
+
+def test_expectations_are_not_part_of_the_spec_hash(tmp_path):
+    body = "name: s\nmethod: grid\nparameters:\n  regime: {values: [all, bn]}\n"
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(body)
+    b.write_text(body + "expect:\n  \"regime=bn\": {test_accuracy: [0.4, 0.6], source: x}\n")
+    sa, sb = load_spec(a), load_spec(b)
+    assert sa.spec_hash() == sb.spec_hash()  # editing what is expected never blocks a resume
+    assert "expect" not in sa.raw and sb.raw["expect"]["regime=bn"]["source"] == "x"
+    assert load_spec(b).to_yaml() and "expect" in yaml.safe_load(sb.to_yaml())

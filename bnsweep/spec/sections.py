@@ -240,6 +240,9 @@ class SpecFile(SpecSection):
     fixed: dict[str, Any] = Field({}, description="trial-config keys every trial uses (nested or dotted)")
     parameters: dict[str, Any] = Field({}, description="trial-config keys the search varies: {values: [...]}, "
                                                        "{value: x}, {distribution: ..., min, max}, {one_of: {...}}")
+    expect: dict[str, Any] | None = Field(
+        None, description="what published results say this sweep should measure: {\"key=value,...\": {metric: "
+                          "[low, high], source: text}} (export --scorecard); not part of the spec hash")
 
     @model_validator(mode="after")
     def _not_a_relative_directory(self) -> SpecFile:

@@ -42,7 +42,7 @@ trained or imported (no TensorFlow, Keras or Ray) to do so.
 ... except SpecError as e:
 ...     print(e)
 x.yaml:3 methd: unknown key 'methd', did you mean 'method'? allowed: name, description, include, method, metric, \
-trials, replicates, seed, max_concurrent, scheduler, resources, retries, storage, tracking, fixed, parameters
+trials, replicates, seed, max_concurrent, scheduler, resources, retries, storage, tracking, fixed, parameters, expect
 """
 
 from __future__ import annotations
@@ -556,6 +556,7 @@ class SweepSpec:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     parameters: Mapping[str, Param] = field(default_factory=dict)
+    expect: Mapping[str, Any] | None = None  # the expect: section as written (spec/expect.py reads it)
     source: str = "<string>"
     raw: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[Problem, ...] = field(default=(), init=False, compare=False)
@@ -580,6 +581,10 @@ class SweepSpec:
                 if isinstance(getattr(checked, key), cls):
                     object.__setattr__(self, key, getattr(checked, key))
         keys_ok = self._key_errors(e)
+        if self.expect is not None:
+            from bnsweep.spec.expect import expectation_problems
+
+            e.extend((p.key, _expected(p.allowed, p.received)) for p in expectation_problems(self.expect))
         if self.method == "grid":
             for path, d in _distributions(self.parameters, "parameters."):
                 e.append((path, f"method grid needs {{values: [...]}} or a constant, received a {d.kind} distribution"))
@@ -659,6 +664,7 @@ class SweepSpec:
             "tracking": tracking,
             "fixed": unflatten(dict(self.fixed)),
             "parameters": {k: _param_to_plain(p) for k, p in self.parameters.items()},
+            **({"expect": dict(self.expect)} if self.expect is not None else {}),
         }
 
     def to_yaml(self) -> str:
@@ -683,7 +689,8 @@ class SweepSpec:
         >>> SweepSpec(name="a").spec_hash() == SweepSpec(name="a").spec_hash() != SweepSpec(name="b").spec_hash()
         True
         """
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str, ensure_ascii=False)
+        content = {k: v for k, v in self.to_dict().items() if k != "expect"}  # what trains, not what is expected
+        blob = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
