@@ -350,13 +350,13 @@ def test_data_paths_are_the_ones_trials_open_themselves(monkeypatch):
     assert data_paths(fixed) == []  # loaded once by the driver, shipped through Ray's object store
     searched = parse_spec_text(
         "name: d\nmethod: grid\nfixed: {data: {source: npz, path: /d/a.npz, test_path: /d/t.npz}}\n"
-        "parameters: {data.train_size: {values: [1000, 2000]}}")
+        "parameters: {data.train_size: {values: [6000, 7000]}}")
     assert data_paths(searched) == ["/d/a.npz", "/d/t.npz"]
     one_of = parse_spec_text("name: d\nmethod: grid\nparameters:\n  data:\n    one_of:\n"
                              "      npz: {path: /d/b.npz}\n      dir: {path: {values: [/d/c, /d/e]}}\n")
     assert data_paths(one_of) == ["/d/b.npz", "/d/c", "/d/e"]
     monkeypatch.setenv("BNSWEEP_DATA", "/d/cifar-10-batches-py")
-    cifar = parse_spec_text("name: d\nmethod: grid\nparameters: {data.train_size: {values: [1000, 2000]}}")
+    cifar = parse_spec_text("name: d\nmethod: grid\nparameters: {data.train_size: {values: [6000, 7000]}}")
     assert data_paths(cifar) == ["/d/cifar-10-batches-py"]
 
 
