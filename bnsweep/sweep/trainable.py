@@ -209,7 +209,7 @@ class _Trial:
                               meta={**self.record_meta, "started_at": run.started_at})  # type: ignore[attr-defined]
         self.runs[seed] = run
         if seed not in self.trackers:
-            self.trackers[seed] = TrialTracker.start(
+            self.trackers[seed] = TrialTracker.start_in_background(
                 tracking=self.tracking, run_dir=self.wandb_root / f"seed-{seed}", sweep=self.meta["sweep"],
                 trial_id=self.trial_id, seed=seed, group=_group(run.config), config=run.config.to_dict())
         if run.history:
