@@ -268,6 +268,7 @@ COLUMN_DTYPES = {
     "data_val": "Int64",
     "data_test": "Int64",
     "test_is_holdout": "boolean",
+    "data_sha256": "str",  # added with the data identity (issue 14)
     "spec_hash": "str",
     "git_commit": "str",
     "versions": "str",

@@ -455,3 +455,28 @@ def test_scrub_secrets():
 def test_scrub_secrets_masks_the_configured_key_anywhere(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     assert scrub_secrets({"note": f"key={FAKE_KEY}!"}) == {"note": "key=***!"}
+
+
+def test_a_run_started_in_the_background_records_what_a_direct_start_does(tmp_path, wandb_isolated):
+    """``start_in_background`` (what the trainable uses: wandb.init overlaps the model build) returns at once;
+    logging and finishing wait for the start, and the offline runs hold every epoch and the summary."""
+    run_dir = tmp_path / "runs" / "bg"
+    t0 = time.perf_counter()
+    trackers = [TrialTracker.start_in_background(tracking=OFFLINE, run_dir=run_dir, sweep="bg", trial_id="t1",
+                                                 seed=seed, group="g", config={**CONFIG, "seed": seed})
+                for seed in (0, 1)]
+    returned = time.perf_counter() - t0
+    for epoch in (1, 2):
+        for t in trackers:
+            t.log_epoch(epoch_metrics(epoch), epoch=epoch)
+    for t in trackers:
+        t.finish({"test_accuracy": 0.5}, status="completed")
+    started = time.perf_counter() - t0
+    print(f"\nbackground starts returned after {returned:.3f} s; both runs done after {started:.2f} s")
+    assert returned < started / 4  # the caller did not wait for wandb.init
+    runs = offline_runs(run_dir)
+    assert set(runs) == {"t1-seed0", "t1-seed1"}
+    for seed, t in enumerate(trackers):
+        r = runs[f"t1-seed{seed}"]
+        assert t.sync_dir == r.dir and r.config == {**CONFIG, "seed": seed}
+        assert [h["epoch"] for h in r.history] == [1, 2] and r.summary["test_accuracy"] == 0.5

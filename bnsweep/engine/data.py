@@ -17,6 +17,7 @@ memory; casting, augmentation and normalization run inside the compiled training
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -68,6 +69,11 @@ class Splits:
     std: tuple[float, float, float]
     description: str  # where the data came from, for the results table
     test_is_holdout: bool  # True: the test split was carved from training images (no official test set)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """``data_fingerprint`` of these splits, computed once (it travels with them through Ray)."""
+        return data_fingerprint(self)
 
     @property
     def sizes(self) -> dict[str, int]:

@@ -615,7 +615,7 @@ class FusedTrialRun:
             accelerator=describe_accelerator(precision=self.config.precision,
                                              replicates=f"fused-{self.layout}:{self.n}"),
             data={**self.data.sizes, "source": self.data.description,
-                  "test_is_holdout": self.data.test_is_holdout},
+                  "test_is_holdout": self.data.test_is_holdout, "sha256": self.data.fingerprint},
             history=list(r.history),
         )
         r.finished = True

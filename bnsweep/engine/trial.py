@@ -237,7 +237,7 @@ class TrialRun:
             images_per_sec=float(np.mean([m.images_per_sec for m in self.history])) if self.history else None,
             accelerator=describe_accelerator(precision=self.config.precision),
             data={**self.data.sizes, "source": self.data.description,
-                  "test_is_holdout": self.data.test_is_holdout},
+                  "test_is_holdout": self.data.test_is_holdout, "sha256": self.data.fingerprint},
             history=list(self.history),
         )
 

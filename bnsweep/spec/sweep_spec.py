@@ -1135,6 +1135,7 @@ def _build(layer: _Layer, source: str, problems: list[Problem]) -> SweepSpec | N
         except ValidationError as e:
             problems.extend(locate(k, text) for k, text in _section_problems(e, cls, value, key))
             kwargs[key] = cls()
+    _anchor_data_paths(layer)
     kwargs["fixed"] = dict(layer.fixed)
     kwargs["parameters"] = dict(layer.params)
     method = kwargs.get("method", "tpe")
@@ -1166,6 +1167,55 @@ def _build(layer: _Layer, source: str, problems: list[Problem]) -> SweepSpec | N
         return None
     object.__setattr__(spec, "warnings", tuple(locate(p.key, p.message) for p in spec.warnings))
     return spec
+
+
+_PATH_KEYS = ("data.path", "data.test_path")
+
+
+def _anchored(value: Any, file: str) -> Any:
+    """A relative data path, read from the spec file it was written in: absolute (a path on the command line
+    or in text without a file: from the working directory). A URI or an absolute path stays as written.
+
+    >>> _anchored("sub/x.npz", "sweeps/base/a.yaml") == os.path.abspath("sweeps/base/sub/x.npz")
+    True
+    >>> _anchored("/d/x.npz", "sweeps/a.yaml"), _anchored("s3://b/x.npz", "a.yaml"), _anchored(5, "a.yaml")
+    ('/d/x.npz', 's3://b/x.npz', 5)
+    """
+    if not isinstance(value, str) or not value or "://" in value:
+        return value
+    v = os.path.expanduser(value)
+    if os.path.isabs(v):
+        return v
+    base = "" if not file or file.startswith("<") else os.path.dirname(file)
+    return os.path.abspath(os.path.join(base, v))
+
+
+def _anchor_data_paths(layer: _Layer) -> None:
+    """``data.path``/``data.test_path`` relative to the spec file that names them, made absolute — in
+    ``fixed``, in searched values and in ``one_of`` options — so the spec saved in the run directory names
+    the files that trained, from whatever directory the sweep is resumed."""
+    def where(path: str) -> str:
+        return _lookup(layer.locs, path, ("", None))[0]
+
+    def anchor(p: Param, path: str) -> Param:
+        if isinstance(p, Values):
+            return Values(values=tuple(_anchored(v, where(path)) for v in p.values))
+        if isinstance(p, Constant):
+            return Constant(value=_anchored(p.value, where(path)))
+        return p
+
+    for key in _PATH_KEYS:
+        if key in layer.fixed:
+            layer.fixed[key] = _anchored(layer.fixed[key], where(f"fixed.{key}"))
+    for key, p in list(layer.params.items()):
+        if key in _PATH_KEYS:
+            layer.params[key] = anchor(p, f"parameters.{key}")
+        elif isinstance(p, OneOf):
+            _, inner = one_of_layout(key)
+            options = {name: {rel: anchor(q, f"parameters.{key}.one_of.{name}.{rel}") if inner + rel in _PATH_KEYS
+                              else q for rel, q in opt.items()} for name, opt in p.options.items()}
+            if options != p.options:
+                layer.params[key] = OneOf(options=options)
 
 
 def _load(text: str | None, path: Path, display: str, overrides: Mapping[str, Any] | None) -> SweepSpec:

@@ -109,6 +109,7 @@ _TAIL: dict[str, tuple[str, str]] = {
     "data_val": ("Int64", "validation images"),
     "data_test": ("Int64", "test images"),
     "test_is_holdout": ("boolean", "the test split was carved from training images (no official test set)"),
+    "data_sha256": ("str", "content hash of the images and labels that trained, validated and tested (sha256:...)"),
     "spec_hash": ("str", "hash of the sweep spec"),
     "git_commit": ("str", "the project's git commit when the replicate ran"),
     "versions": ("str", "library versions, e.g. 'keras=3.15.1 tensorflow=2.21.0'"),

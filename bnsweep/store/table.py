@@ -113,6 +113,7 @@ def _row(rec: Mapping[str, Any], *, trial_id: str, seed: int, rel: str) -> dict[
         "accelerator_threads": accel.get("threads"),
         "data_source": data.get("source"), "data_train": data.get("train"), "data_val": data.get("val"),
         "data_test": data.get("test"), "test_is_holdout": data.get("test_is_holdout"),
+        "data_sha256": data.get("sha256"),
         "spec_hash": rec.get("spec_hash"), "git_commit": rec.get("git_commit"),
         "versions": _fmt_versions(rec.get("versions")), "started_at": rec.get("started_at"),
         "finished_at": rec.get("finished_at"), "path": rel,

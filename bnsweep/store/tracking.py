@@ -393,14 +393,49 @@ class TrialTracker:
     def __init__(self, run: Any = None, run_dir: Path | None = None) -> None:
         self._run = run
         self.run_dir = run_dir
-        self.sync_dir: Path | None = None  # where this run's files are (the ``wandb sync`` path)
+        self._pending: Any = None  # the Future of a start in the background (start_in_background)
+        self._sync_dir: Path | None = None  # where this run's files are (the ``wandb sync`` path)
         if run is not None:
             with contextlib.suppress(Exception):
-                self.sync_dir = Path(run.settings.sync_dir)
+                self._sync_dir = Path(run.settings.sync_dir)
 
     @property
     def active(self) -> bool:
+        self._wait()
         return self._run is not None
+
+    @property
+    def sync_dir(self) -> Path | None:
+        self._wait()
+        return self._sync_dir
+
+    @classmethod
+    def start_in_background(cls, **kwargs: Any) -> TrialTracker:
+        """``start`` on a background thread, off the trial's critical path (``wandb.init`` takes 0.3–2.5 s,
+        the first in a process the longest; the model builds meanwhile). The tracker's methods wait for it.
+
+        >>> from bnsweep.spec.tracking import TrackingConfig
+        >>> t = TrialTracker.start_in_background(tracking=TrackingConfig(wandb=False), run_dir=Path("."),
+        ...                                      sweep="s", trial_id="t", seed=0, group="g", config={})
+        >>> t.active
+        False
+        """
+        if _precheck(kwargs["tracking"]) is None:
+            return cls()
+        tracker = cls()
+        tracker._pending = _starter().submit(cls.start, **kwargs)
+        return tracker
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            started = pending.result()
+        except Exception as e:  # start never raises; a broken thread pool must not either
+            _fail(_describe(e, "wandb.init"))
+            return
+        self._run, self.run_dir, self._sync_dir = started._run, started.run_dir, started._sync_dir
 
     @classmethod
     def start(cls, *, tracking: TrackingConfig, run_dir: Path, sweep: str, trial_id: str, seed: int,
@@ -424,6 +459,7 @@ class TrialTracker:
 
     def log_epoch(self, metrics: Mapping[str, float], *, epoch: int) -> None:
         """Log one epoch's metrics at step ``epoch`` (1-based, as in ``EpochMetrics.epoch``)."""
+        self._wait()
         if self._run is None:
             return
         try:
@@ -437,6 +473,7 @@ class TrialTracker:
 
     def finish(self, summary: Mapping[str, Any], *, status: str) -> None:
         """Write the final summary (plus ``status``) and close the run. Idempotent."""
+        self._wait()
         run, self._run = self._run, None
         if run is None:
             return
@@ -463,12 +500,28 @@ class TrialTracker:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._wait()
         if self._run is not None:
             self.finish({"reason": f"{exc_type.__name__}: {exc}"} if exc_type else {},
                         status="failed" if exc_type else "completed")
 
     def __repr__(self) -> str:
         return f"TrialTracker(active={self.active}, sync_dir={self.sync_dir})"
+
+
+_pool: Any = None
+_pool_lock = threading.Lock()  # not _lock: a start in the background holds that one while wandb.init runs
+
+
+def _starter() -> Any:
+    """One background thread per process for W&B starts (in order; ``_wandb_env`` serializes the rest)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnsweep-wandb-start")
+        return _pool
 
 
 # --------------------------------------------------------------------------------------------- the sweep

@@ -80,8 +80,10 @@ def launch(spec: Any, *, options: LaunchOptions, overrides: dict[str, Any] | Non
             if options.storage or spec.storage:
                 _check_storage(storage_url)
             data = _load_fixed_data(spec)
+            fingerprint = data.fingerprint if data is not None else None
             return _run(rd, spec, options=options, restore=False, data=data,
-                        before_tuner=lambda: _write_run_files(rd, spec, overrides or {}, options))
+                        before_tuner=lambda: _write_run_files(rd, spec, overrides or {}, options,
+                                                              data_sha256=fingerprint))
     finally:
         if created and not rd.sweep_json.exists():
             _remove_if_empty(rd.local)
@@ -125,9 +127,11 @@ def resume(run_dir: Path | str | RunDir, *, options: LaunchOptions) -> Outcome:
         if options.storage:
             _check_storage(options.storage)
         _check_optuna_storage(rd, _storage_url(rd, options, spec))
+        data = _load_fixed_data(spec)
+        _check_same_data(rd, info, data)
         # last: it may repair a torn snapshot (a local run directory; a store's objects are whole)
         restore = check_ray_storage(rd) if rd.is_remote else check_ray_state(rd.local)
-        return _run(rd, spec, options=options, restore=restore)
+        return _run(rd, spec, options=options, restore=restore, data=data)
 
 
 def _refuse_if_holds_sweep(rd: RunDir) -> None:
@@ -166,6 +170,19 @@ def _load_fixed_data(spec: Any) -> Any:
     if not _data_is_fixed(spec):
         return None
     return load_data(TrialConfig.from_dict(spec.base_trial_config()).data)
+
+
+def _check_same_data(rd: RunDir, info: dict[str, Any], data: Any) -> None:
+    """``resume`` trains the rest of a sweep on the data it started with, or not at all: the content hash of
+    the data it would load now against the one ``launch`` recorded (sweep.json ``data_sha256``). Sweeps that
+    search over data settings load their data in each trial (each record holds its own hash)."""
+    started = info.get("data_sha256")
+    if data is None or not started or data.fingerprint == started:
+        return
+    raise RunDirError(f"{rd.shown(rd.sweep_json)}: the data differs from the data the sweep started with "
+                      f"({data.description}: {data.fingerprint[:19]}…, started with {str(started)[:19]}…); "
+                      "resume with the same data (the spec saved in the run directory names its path), "
+                      "or launch a new sweep")
 
 
 def _check_storage(url: str) -> None:
@@ -231,7 +248,8 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-def _write_run_files(run_dir: Path | RunDir, spec: Any, overrides: dict[str, Any], options: LaunchOptions) -> None:
+def _write_run_files(run_dir: Path | RunDir, spec: Any, overrides: dict[str, Any], options: LaunchOptions, *,
+                     data_sha256: str | None = None) -> None:
     from bnsweep.base.meta import library_versions
 
     rd = RunDir.of(run_dir)
@@ -248,6 +266,7 @@ def _write_run_files(run_dir: Path | RunDir, spec: Any, overrides: dict[str, Any
         "seed_base": spec.seed,
         "metric": {"name": spec.metric.name, "goal": spec.metric.goal}, "overrides": overrides,
         "storage": _redact_url(options.storage) if options.storage else None,
+        "data_sha256": data_sha256,  # resume refuses other data (_check_same_data); None: trials load their own
     }
     atomic_write_text(rd.sweep_json, json.dumps(info, indent=2))
     rd.push([rd.spec_yaml, rd.sweep_json])  # sweep.json last: its presence means a sweep is here

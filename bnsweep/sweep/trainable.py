@@ -105,6 +105,8 @@ class _Trial:
         self.latest: dict[int, dict[str, float]] = {}
         self.ended: dict[int, str] = {}  # seed -> status, for replicates recorded in this checkpoint
         self.trackers: dict[int, Any] = {}
+        self.group: Any = None  # the FusedTrialRun training self.runs' seeds as one model (replicates_layout)
+        self.layout = "separate"  # what trains the replicates: separate | fused-separate | fused-grouped
         self.resumed_at = 0
         self.code_failures = 0
         self.failed_reason: str | None = None
@@ -135,6 +137,7 @@ class _Trial:
         self.code_failures = int(manifest.get("code_failures", 0))
         self.resumed_at = int(manifest.get("epoch", 0))
         self.tracking = TrackingConfig.model_validate(self.meta.get("tracking", {}))
+        todo: list[tuple[int, int]] = []
         for i, seed in enumerate(replicate_seeds(self.meta)):
             d = self.ckpt / f"seed-{seed}"
             held = self.rd.read_remote(self.rd.rel(self.rd.replicate(self.trial_id, seed).result))
@@ -147,13 +150,38 @@ class _Trial:
                 self.latest[seed] = _final_metrics(rec)
                 self.ended[seed] = str(rec.get("status"))
                 continue
-            self._start(i, seed)
+            todo.append((i, seed))
+        if not (len(todo) > 1 and self._start_fused(todo)):
+            for i, seed in todo:
+                self._start(i, seed)
+
+    def _start_fused(self, todo: list[tuple[int, int]]) -> bool:
+        """``replicates_layout`` fused (or auto on a GPU/TPU): the seeds still to train as one FusedTrialRun,
+        each restored from its own epoch checkpoint (the format TrialRun writes, so a run may switch layouts on
+        resume). False: train them as separate TrialRuns (asked for, or the fused run cannot be built)."""
+        from bnsweep.engine.fused_replicates import resolve_replicates_layout, start_replicates
+
+        try:
+            choice, _ = resolve_replicates_layout(str(self.resolved.get("replicates_layout", "separate")))
+        except ValueError:
+            return False
+        if choice != "fused" or self.resolved.get("strategy", "none") != "none":
+            return False
+        seeds = [seed for _, seed in todo]
+        try:
+            group = start_replicates(trial_config_for(self.resolved, seeds[0]), seeds, data=self.data,
+                                     checkpoint_dirs=[self.ckpt / f"seed-{s}" for s in seeds],
+                                     threads=self.meta.get("threads"), layout="fused")
+        except Exception:  # e.g. a regime the grouped layout cannot hold: separate TrialRuns instead
+            return False
+        self.group, self.layout = group, group.layout_choice[0]
+        for i, seed in todo:
+            self._adopt(i, seed, group.replicas[seed])
+        return True
 
     def _start(self, i: int, seed: int) -> None:
         """Build (or restore from its epoch checkpoint) replicate ``seed``; a failure is a code failure."""
         from bnsweep.engine.trial import TrialRun
-        from bnsweep.store.records import write_trial_start
-        from bnsweep.store.tracking import TrialTracker
 
         d = self.ckpt / f"seed-{seed}"
         try:
@@ -162,7 +190,16 @@ class _Trial:
         except Exception as e:
             self._code_failure(i, seed, e)
             return
-        run.replicate = i  # type: ignore[attr-defined]
+        self._adopt(i, seed, run)
+
+    def _adopt(self, i: int, seed: int, run: Any) -> None:
+        """Replicate ``seed`` trains as ``run`` (a TrialRun, or a FusedReplica of ``self.group``): its start
+        record (once), its W&B run."""
+        from bnsweep.store.records import write_trial_start
+        from bnsweep.store.tracking import TrialTracker
+
+        d = self.ckpt / f"seed-{seed}"
+        run.replicate = i
         started = d / START_FILE
         if started.exists():
             run.started_at = json.loads(started.read_text()).get("started_at")  # type: ignore[attr-defined]
@@ -172,13 +209,31 @@ class _Trial:
                               meta={**self.record_meta, "started_at": run.started_at})  # type: ignore[attr-defined]
         self.runs[seed] = run
         if seed not in self.trackers:
-            self.trackers[seed] = TrialTracker.start(
+            self.trackers[seed] = TrialTracker.start_in_background(
                 tracking=self.tracking, run_dir=self.wandb_root / f"seed-{seed}", sweep=self.meta["sweep"],
                 trial_id=self.trial_id, seed=seed, group=_group(run.config), config=run.config.to_dict())
         if run.history:
             self.latest[seed] = _epoch_metrics(run.history[-1])
 
     # ---------------------------------------------------------------- failures of the training code
+    def _group_failure(self, e: BaseException) -> None:
+        """The fused run raised (not a divergence): one code failure; its replicates go on as separate
+        TrialRuns from their last epoch checkpoints (the fused run wrote them in TrialRun's format)."""
+        seeds = replicate_seeds(self.meta)
+        running = [s for s in self.runs]
+        self.group, self.layout = None, "separate"
+        self.runs = {}
+        self.code_failures += 1
+        if self.code_failures <= self.retries:
+            for s in running:
+                self._start(seeds.index(s), s)
+            return
+        self.failed_reason = _reason(e)
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]
+        for j, s in enumerate(seeds):
+            if s not in self.ended:
+                self._record_failed(j, s, self.failed_reason, tb if s == running[0] else "")
+
     def _code_failure(self, i: int, seed: int, e: BaseException) -> None:
         self.runs.pop(seed, None)
         self.code_failures += 1
@@ -219,6 +274,11 @@ class _Trial:
         self._start_replicates()
         reported = False
         while self.runs and self.failed_reason is None:
+            if self.group is not None:
+                self._fused_epoch()
+                self._report()
+                reported = True
+                continue
             seeds = replicate_seeds(self.meta)
             for seed in list(self.runs):
                 run = self.runs[seed]
@@ -243,6 +303,29 @@ class _Trial:
             # failed, or every replicate had ended before this attempt: the final report carries the records
             self._report()
 
+    def _fused_epoch(self) -> None:
+        """One epoch of every replicate in the fused run: each gets its own metrics, W&B epoch and, at the last
+        epoch or on divergence, its own record, exactly as a TrialRun's."""
+        from bnsweep.engine.trial import Diverged
+
+        try:
+            for seed, run in self.runs.items():
+                _test_faults(run, trial_id=self.trial_id, seed=seed)
+            outcomes = self.group.train_epoch()
+        except Exception as e:  # MemoryError included; not KeyboardInterrupt/SystemExit
+            self._group_failure(e)
+            return
+        for seed, m in outcomes.items():
+            if seed not in self.runs:
+                continue
+            if isinstance(m, Diverged):
+                self._end(seed, "diverged", str(m))
+                continue
+            self.latest[seed] = _epoch_metrics(m)
+            self.trackers[seed].log_epoch(_epoch_metrics(m), epoch=m.epoch)
+            if self.runs[seed].epoch >= self.runs[seed].config.epochs:
+                self._end(seed, "completed")
+
     def _end(self, seed: int, status: str, reason: str = "") -> None:
         from bnsweep.store.records import write_trial_record
 
@@ -250,7 +333,8 @@ class _Trial:
         result = run.finish(status, reason)  # type: ignore[arg-type]
         d = self.ckpt / f"seed-{seed}"
         write_trial_record(d, trial_id=self.trial_id, seed=seed, replicate=run.replicate, result=result,
-                           net=run.net, meta={**self.record_meta, "started_at": run.started_at})
+                           net=run.net, meta={**self.record_meta, "started_at": run.started_at},
+                           extra={"trained_as": self.layout})  # separate | fused-separate | fused-grouped
         (d / "variables.npz").unlink(missing_ok=True)
         tracker = self.trackers.pop(seed)
         tracker.finish(_summary(result), status=status)
@@ -282,6 +366,7 @@ class _Trial:
             "node": socket.gethostname(), "at": now_iso()}))
         metrics = _mean_report(self.latest, epoch=epoch)
         metrics["replicates"] = {str(s): dict(v) for s, v in self.latest.items()}
+        metrics["replicates_layout"] = self.layout
         if self.resumed_at:
             metrics["resumed_at_epoch"] = self.resumed_at
             self.resumed_at = 0  # said once per attempt
