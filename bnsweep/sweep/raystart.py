@@ -249,7 +249,7 @@ def keep_credentials_out_of_ray_logs() -> None:
 
 
 def cleanup_ray_staging() -> None:
-    """Ray Tune leaves checkpoint staging folders in the temp dir after a kill (DESIGN.md)."""
+    """Ray Tune leaves checkpoint staging folders in the temp dir after a kill (seen with Ray 2.60)."""
     import tempfile
 
     for p in Path(tempfile.gettempdir()).glob("checkpoint_tmp_*"):
