@@ -25,7 +25,7 @@ from bnsweep.engine.data import DataError, load_cifar_dir, load_data, load_npz, 
 from bnsweep.spec.config import DataConfig, TrialConfig
 
 SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset-train.npz"
-SUBSET_CLASS_COUNTS = [517, 524, 490, 493, 537, 475, 503, 516, 529, 501]  # shared/data/README.md
+SUBSET_CLASS_COUNTS = [517, 524, 490, 493, 537, 475, 503, 516, 529, 501]  # labels per class in cifar10-subset-train.npz
 needs_subset = pytest.mark.skipif(
     not SUBSET.is_file(), reason=f"the shared real CIFAR-10 subset is absent ({SUBSET}); it lives beside the project")
 

@@ -1,4 +1,4 @@
-"""The CIFAR ResNet family: exact parameter counts (SCIENCE.md §2), FLOPs (§4), init, architecture.
+"""The CIFAR ResNet family: exact parameter counts (docs/science.md §1), FLOPs, init, architecture.
 
 Counts are checked twice: on real Keras models (by iterating named variables) and on the analytic
 ``layer_specs``/``account`` that plan and report trials. ``expected_counts`` below is an independent
@@ -345,7 +345,7 @@ def test_output_and_spatial_sizes(resnet20):
 
 
 def reference_forward(model, x: np.ndarray, D: int) -> np.ndarray:
-    """He et al.'s CIFAR ResNet, inference mode, written out by hand from SCIENCE.md §2."""
+    """He et al.'s CIFAR ResNet, inference mode, written out by hand from docs/science.md §1."""
     w = _weights(model)
 
     def conv(h, name, stride):

@@ -115,3 +115,27 @@ def test_stale_running_trials_are_failed_through_optuna_s_public_tell(tmp_path):
     assert fail_stale_optuna_trials(url) == 2
     assert {t.state for t in optuna.load_study(study_name="bnsweep", storage=url).trials} == {
         optuna.trial.TrialState.FAIL}
+
+
+def test_ray_core_seams_of_the_pre_flight_and_of_joining_a_cluster(ray_local):
+    """Ray's view of this machine, the autoscaler's config, the config reload, the bootstrap address and the
+    GCS probe: their callers fall back quietly when one is gone, so this test is what notices."""
+    import ray
+
+    resources, labels = ray_compat.local_resources(num_cpus=3, num_gpus=0)
+    assert resources["CPU"] == 3 and resources.get("memory", 0) > 0 and isinstance(labels, dict), \
+        f"ray_compat.local_resources (ResourceAndLabelSpec) broke: {resources}"
+    config = ray_compat.autoscaler_cluster_config()  # a local Ray reports no autoscaler; it must answer
+    assert config is None or hasattr(config, "node_group_configs"), f"autoscaler_cluster_config: {config!r}"
+    ray_compat.reload_ray_config()  # ray._raylet.Config.initialize("")
+    try:
+        found = ray_compat.bootstrap_address("auto")
+    except ConnectionError:  # Ray's own answer when no cluster is recorded on this machine
+        found = None
+    assert found is None or ":" in found, f"bootstrap_address('auto') returned {found!r}"
+    gcs = ray.get_runtime_context().gcs_address
+    ray_compat.probe_gcs(gcs, timeout_s=10)  # the live GCS of this test's Ray accepts us
+    with pytest.raises(Exception) as refused:
+        ray_compat.probe_gcs("127.0.0.1:1", timeout_s=1)  # nobody there
+    assert not isinstance(refused.value, (ImportError, AttributeError, TypeError)), \
+        f"ray_compat.probe_gcs (InnerGcsClient.standalone) broke: {refused.value!r}"

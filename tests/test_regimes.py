@@ -1,4 +1,4 @@
-"""Freezing regimes: which variables train, BN semantics (SCIENCE.md §2), the random controls,
+"""Freezing regimes: which variables train, BN semantics (docs/science.md §3), the random controls,
 accounting — for the paper's ResNet and the notebooks' bottleneck ResNet, on both backends.
 
 Expectations are an explicit table per variable category (not ``regimes._trains``), checked on real
@@ -31,7 +31,7 @@ from bnsweep.spec.config import REGIMES, ModelConfig
 MOVING = ("moving_mean", "moving_variance")
 BOTTLENECK = ModelConfig(depth=20, arch="idiomatic_bottleneck", gamma_init="ones")
 
-# Trainable scalars of ResNet-20 per regime, from SCIENCE.md's counts: BN 1,568; output 650;
+# Trainable scalars of ResNet-20 per regime, from docs/science.md §1's counts: BN 1,568; output 650;
 # shortcut 1×1 convs 16·32 + 32·64 = 2,560 and their BN γ/β 2·(32 + 64) = 192.
 EXPECTED_COUNT_R20 = {
     "all": 272_474, "bn": 1_568, "bn_output": 1_568 + 650, "bn_shortcut_output": 1_568 + 2_560 + 650,

@@ -17,7 +17,7 @@ from bnsweep.analysis.scorecard import expectations_of, read_expectations, rende
 from bnsweep.spec.errors import ConfigError
 from bnsweep.store.table import load_results
 
-# What the paper-study specs will carry (SCIENCE.md §3), kept here until the spec loader accepts `expect:`.
+# What the paper-study specs will carry (docs/science.md §5), kept here as the test's own copy.
 PAPER = {
     "regime=bn, model.depth=110": {"test_accuracy": [0.66, 0.73], "source": "paper §4: 69.7%"},
     "regime=bn, model.depth=56": {"test_accuracy": [0.58, 0.68], "source": "paper Fig. 2: ≈63%"},

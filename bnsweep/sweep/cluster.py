@@ -126,12 +126,11 @@ def local_node(*, num_cpus: float | None = None, num_gpus: float | None = None) 
     3
     """
     try:
-        from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+        from bnsweep.sweep import ray_compat
 
-        spec = ResourceAndLabelSpec(num_cpus=None if num_cpus is None else int(num_cpus),
-                                    num_gpus=None if num_gpus is None else int(num_gpus)).resolve(is_head=True)
-        res = {k: v for k, v in spec.to_resource_dict().items() if not k.startswith("node:")}
-        labels = dict(spec.labels or {})
+        resources, labels = ray_compat.local_resources(num_cpus=None if num_cpus is None else int(num_cpus),
+                                                       num_gpus=None if num_gpus is None else int(num_gpus))
+        res = {k: v for k, v in resources.items() if not k.startswith("node:")}
     except Exception:  # Ray's internals moved: count what the standard library can see
         from bnsweep.sweep.packing import physical_memory_bytes
 
@@ -513,7 +512,7 @@ def _open_uri(uri: str) -> tuple[Any, str]:
 # ------------------------------------------------------------------ the pre-flight
 
 def autoscaler_groups(config: Any) -> list[tuple[Node, int]]:
-    """The node groups an autoscaler can start (``ray._private.state.state.get_cluster_config()``, which
+    """The node groups an autoscaler can start (``ray_compat.autoscaler_cluster_config()``, which
     Ray's autoscaler v2 and KubeRay report; None elsewhere) as (node, most nodes; -1: no limit). Ray
     Train checks its asks against the same config.
 
@@ -535,9 +534,9 @@ def autoscaler_groups(config: Any) -> list[tuple[Node, int]]:
 
 def _cluster_config() -> Any:
     try:
-        from ray._private.state import state
+        from bnsweep.sweep import ray_compat
 
-        return state.get_cluster_config()
+        return ray_compat.autoscaler_cluster_config()
     except Exception:  # not reported, or Ray's internals moved: only the nodes there count
         return None
 

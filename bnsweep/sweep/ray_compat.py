@@ -4,8 +4,11 @@ fails loudly when an upgrade breaks one).
 bnsweep needs a few things the libraries offer no public API for: forcing Ray Tune to write its
 experiment state now (so a driver killed a second later resumes from what it knew), re-attaching
 callbacks to a restored Tuner (``Tuner.restore`` takes none; the pickled ones would run), keeping AWS
-credentials out of a local Ray's logs, and an ``OptunaSearch`` whose pickled state survives the Optuna
-SQLite file moving to another path (a fresh head machine with an empty cache). Public APIs are used
+credentials out of a local Ray's logs, an ``OptunaSearch`` whose pickled state survives the Optuna
+SQLite file moving to another path (a fresh head machine with an empty cache), and, for the pre-flight
+and joining a cluster, Ray's own view of this machine and of an autoscaler, and a quick question to a
+cluster's GCS. The callers of the last group fall back to a plainer answer when a seam is gone, so only
+the tests notice an upgrade that breaks one. Public APIs are used
 wherever they exist (``study.tell(..., state=FAIL)`` for stale RUNNING trials, ``Trial.checkpoint``,
 ``Trial.error_file``, ``tune.get_checkpoint``).
 
@@ -75,6 +78,61 @@ def stop_propagating_aws_env() -> None:
 
     class_cache.ENV_VARS_TO_PROPAGATE.difference_update(
         {k for k in class_cache.ENV_VARS_TO_PROPAGATE if k.startswith(ENV_VARS_TO_STRIP_PREFIX)})
+
+
+# ============================================================================ Ray core (pre-flight, joining)
+
+
+def local_resources(*, num_cpus: int | None, num_gpus: int | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(resources, labels) of this machine as a local ``ray.init(num_cpus=, num_gpus=)`` would register them.
+
+    Why: the pre-flight plans a local sweep before Ray starts; Ray's own detection (cgroup CPU limits,
+    NVIDIA/AMD/Intel GPUs, TPUs, memory) is ``ResourceAndLabelSpec``, which is not public. Raises if it moved
+    (the caller then counts what the standard library sees)."""
+    from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+    spec = ResourceAndLabelSpec(num_cpus=num_cpus, num_gpus=num_gpus).resolve(is_head=True)
+    return dict(spec.to_resource_dict()), dict(spec.labels or {})
+
+
+def autoscaler_cluster_config() -> Any:
+    """The autoscaler's node groups (a ``ClusterConfig`` message; None where none is reported).
+
+    Why: which nodes an autoscaler (v2, KubeRay) can still start is only in Ray's private global state
+    (Ray Train reads it the same way). Needs a connected Ray; raises if the accessor moved."""
+    from ray._private.state import state
+
+    return state.get_cluster_config()
+
+
+def reload_ray_config() -> None:
+    """Make an imported Ray read its configuration from the environment again.
+
+    Why: Ray caches ``RAY_AUTH_MODE`` and the like when ``ray._raylet`` is first imported; bnsweep sets the
+    auth mode after a token is found, possibly after that import."""
+    from ray._raylet import Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+
+
+def bootstrap_address(address: str) -> str | None:
+    """The GCS address ``address`` (``auto``: the cluster started on this machine) stands for, or None.
+
+    Why: ``ray.init`` resolves it only while connecting; the driver asks the GCS first (``probe_gcs``)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return canonicalize_bootstrap_address(address)
+
+
+def probe_gcs(address: str, *, timeout_s: float) -> None:
+    """Connect once to the GCS at ``address`` (HOST:PORT) and return; raise what Ray raises when it refuses
+    (an authentication error names itself) or cannot be reached; ``ImportError`` if the client moved.
+
+    Why: ``ray.init`` against a cluster that refuses the token retries for ~20 s and ends in a traceback;
+    this asks once, in ``timeout_s``, so the driver can say in one line what to set."""
+    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
+
+    InnerGcsClient.standalone(address, None, int(timeout_s * 1000))
 
 
 # ============================================================================ OptunaSearch

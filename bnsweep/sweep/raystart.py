@@ -125,9 +125,9 @@ def prepare_token_auth() -> str | None:
         os.environ[AUTH_MODE_ENV] = "token"
         if "ray._raylet" in sys.modules:  # Ray caches its config when first read: re-read the environment
             with contextlib.suppress(Exception):
-                from ray._raylet import Config  # type: ignore[attr-defined]
+                from bnsweep.sweep import ray_compat
 
-                Config.initialize("")
+                ray_compat.reload_ray_config()
     return source
 
 
@@ -143,23 +143,21 @@ def check_can_join(address: str, source: str | None, *, timeout_s: float = JOIN_
     own C++ warning about it is kept off the terminal. ``ray://`` (Ray Client) addresses are left to Ray."""
     if address.startswith("ray://"):
         return
+    from bnsweep.sweep import ray_compat
+
     gcs = address
     if address == "auto":
         try:
-            from ray._private.services import canonicalize_bootstrap_address
-
-            gcs = canonicalize_bootstrap_address("auto") or ""
+            gcs = ray_compat.bootstrap_address("auto") or ""
         except Exception:
             gcs = ""
         if not gcs:
             return  # no cluster found here: ray.init says so
-    try:
-        from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
-    except ImportError:  # Ray's internals moved: let ray.init find out
-        return
     with _stderr_swallowed():
         try:
-            InnerGcsClient.standalone(gcs, None, int(timeout_s * 1000))
+            ray_compat.probe_gcs(gcs, timeout_s=timeout_s)
+            return
+        except ImportError:  # Ray's internals moved: let ray.init find out
             return
         except Exception as e:
             err = e
@@ -249,7 +247,7 @@ def keep_credentials_out_of_ray_logs() -> None:
 
 
 def cleanup_ray_staging() -> None:
-    """Ray Tune leaves checkpoint staging folders in the temp dir after a kill (DESIGN.md)."""
+    """Ray Tune leaves checkpoint staging folders in the temp dir after a kill (seen with Ray 2.60)."""
     import tempfile
 
     for p in Path(tempfile.gettempdir()).glob("checkpoint_tmp_*"):
