@@ -132,6 +132,11 @@ def test_rows_and_the_frame_show_the_config_epoch_accuracy_speed_bar_and_eta():
     for shown in ("t7", "lr=0.1", "2/3", "0.5000", "980", "5/12 epochs (2 skipped", "ETA 1m15s", "done 1/4",
                   "best val_accuracy: 0.5 (t7)"):
         assert shown in text, (shown, text)
+    many = [TrialRow(trial_id=f"r{i}", config="") for i in range(5)]
+    console.print(render(LiveSnapshot(rows=many, done=0, planned=5, skipped=0, eta_s=None, counts="", best=""),
+                         max_rows=2))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "r1" in text and "r2" not in text and "and 3 more running" in text and "ETA -" in text
 
 
 def test_a_view_that_fails_to_draw_is_stopped_and_says_why():

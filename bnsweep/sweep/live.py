@@ -152,7 +152,7 @@ class SweepProgress:
     def trial_ended(self, trial_id: str, *, now: float | None = None, epoch: int | None = None) -> None:
         t = self.trials.get(trial_id)
         if t is None:
-            t = self.trials[trial_id] = _Trial(epochs=max(int(epoch or 0), 1))
+            t = self.trials[trial_id] = _Trial(epochs=int(epoch or 0))  # (ended before this driver saw it)
         if epoch is not None:
             t.epoch = max(t.epoch, int(epoch))
         if not t.ended and t.epochs > t.epoch:
@@ -232,8 +232,13 @@ class LiveSnapshot:
     title: str = ""
 
 
-def render(snap: LiveSnapshot, *, max_rows: int = 20) -> Any:
-    """A rich renderable of ``snap``: the running trials' table, the epochs' bar with the ETA, the counts."""
+def render(snap: LiveSnapshot, *, max_rows: int | None = None) -> Any:
+    """A rich renderable of ``snap``: the running trials' table, the epochs' bar with the ETA, the counts.
+    At most ``max_rows`` trials (default: what fits the terminal's height), then how many more run."""
+    if max_rows is None:
+        import shutil
+
+        max_rows = max(shutil.get_terminal_size(fallback=(120, 32)).lines - 12, 3)
     from rich import box
     from rich.console import Group
     from rich.progress_bar import ProgressBar
@@ -286,7 +291,7 @@ class LiveView:
             err_too = self.file is None and _isatty(sys.stderr)
             self._live = Live(self.frame(), console=console, auto_refresh=False, transient=False,
                               redirect_stdout=self.file is None, redirect_stderr=err_too,
-                              vertical_overflow="visible")
+                              vertical_overflow="ellipsis")  # (taller than the terminal: cropped)
             self._live.start(refresh=True)
             atexit.register(self.stop)
             self._last = time.monotonic()
