@@ -184,6 +184,14 @@ def test_the_monitor_falls_back_to_plain_lines_and_best_is_never_a_failed_trial(
     assert "failed    trial aaa" in out and "best val_accuracy 0.4000 (bbb)" in out, out
     status = [ln for ln in out.splitlines() if STATUS.match(ln)]
     assert len(status) == 1 and "epochs 2/" in status[0], out  # one trial event: one status line
+    monitor.progress.trials = None  # type: ignore[assignment]  # the display's bookkeeping broken (a bug):
+    monitor.on_trial_result(0, [a, b], b, {"epoch": 2, "val_accuracy": 0.5})  # the sweep's hooks carry on
+    assert monitor.best() == {"trial_id": "bbb", "val_accuracy": 0.5}
+    monitor.on_trial_complete(0, [a, b], b)  # no record of it reached the run directory: lost, never the best
+    assert monitor.ended["bbb"] == "lost" and monitor.best() is None
+    captured = capsys.readouterr()
+    assert captured.err.count("the progress display's bookkeeping failed") == 1, captured.err
+    assert "lost      trial bbb" in captured.out and "ETA -" in captured.out, captured.out
 
 
 # ---------------------------------------------------------------- a real launch in a pseudo-terminal

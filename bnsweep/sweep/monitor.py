@@ -33,6 +33,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,10 +114,11 @@ class SweepMonitor(Callback):
         self._snapshot()  # before the trial trains: resume must know every trial that wrote anything
         self.running.add(trial.trial_id)
         now = self._trial_start[trial.trial_id] = time.time()
-        epochs = _planned_epochs(trial.config)
-        self.progress.trial_started(trial.trial_id, epochs=epochs, now=now)
-        self._rows[trial.trial_id] = TrialRow(trial_id=trial.trial_id, config=short_config(trial.config),
-                                              epochs=epochs, epoch=self.progress.trials[trial.trial_id].epoch)
+        with self._display_guard():
+            epochs = _planned_epochs(trial.config)
+            self.progress.trial_started(trial.trial_id, epochs=epochs, now=now)
+            self._rows[trial.trial_id] = TrialRow(trial_id=trial.trial_id, config=short_config(trial.config),
+                                                  epochs=epochs, epoch=self.progress.trials[trial.trial_id].epoch)
         self._emit("started", trial=trial.trial_id, config=_short(trial.config))
         self._refresh(force=True)
 
@@ -126,7 +128,8 @@ class SweepMonitor(Callback):
         if result.get("resumed_at_epoch"):
             self._emit("restored", trial=trial.trial_id, from_epoch=result["resumed_at_epoch"],
                        node=result.get("hostname") or result.get("node_ip"))
-        self._record_epoch(trial, result)
+        with self._display_guard():
+            self._record_epoch(trial, result)
         if self.display == "json" and time.time() - self._last_status > JSON_STATUS_INTERVAL_S:
             self._status(trials)
         self._refresh(force=True)
@@ -182,7 +185,8 @@ class SweepMonitor(Callback):
                 else:
                     self._close(t, "failed", _error_reason(t))
                 self.ended[t.trial_id] = self._recorded_status(t, "completed" if t.status == "TERMINATED" else "failed")
-                self.progress.trial_ended(t.trial_id, epoch=_int((t.last_result or {}).get("epoch")))
+                with self._display_guard():
+                    self.progress.trial_ended(t.trial_id, epoch=_int((t.last_result or {}).get("epoch")))
                 if self.ended[t.trial_id] in ("failed", "lost"):
                     self._drop_from_best(t.trial_id)
                 else:
@@ -216,6 +220,15 @@ class SweepMonitor(Callback):
             row.epochs = self.progress.trials[trial.trial_id].epochs
             row.val_accuracy = _float(result.get("val_accuracy"))
             row.images_per_sec = _float(result.get("images_per_sec"))
+
+    @contextlib.contextmanager
+    def _display_guard(self) -> Iterator[None]:
+        """The display's bookkeeping never stops the sweep (an error: one warning, the rest carries on)."""
+        try:
+            yield
+        except Exception as e:
+            self._warn_once("display", f"the progress display's bookkeeping failed ({type(e).__name__}: {e}); "
+                                       "its epochs and ETA may be off")
 
     def _frame(self) -> Any:
         now = time.time()
@@ -347,7 +360,8 @@ class SweepMonitor(Callback):
         if trial.trial_id in self._trial_start:
             self._durations.append(time.time() - self._trial_start.pop(trial.trial_id))
         last = trial.last_result or {}
-        self.progress.trial_ended(trial.trial_id, now=time.time(), epoch=_int(last.get("epoch")))
+        with self._display_guard():
+            self.progress.trial_ended(trial.trial_id, now=time.time(), epoch=_int(last.get("epoch")))
         self._rows.pop(trial.trial_id, None)
         if status in ("failed", "lost"):  # best so far is never a trial that failed
             self._drop_from_best(trial.trial_id)
@@ -476,7 +490,9 @@ class SweepMonitor(Callback):
         self._last_status = time.time()
         c = self.counts()
         done = sum(t.status in ("TERMINATED", "ERROR") or t.trial_id in self.ended for t in trials)
-        eta = self.eta_seconds(trials)
+        eta = None
+        with self._display_guard():
+            eta = self.eta_seconds(trials)
         fields: dict[str, Any] = dict(done=done, total=self.total, running=c["running"], pruned=c["pruned"],
                                       failed=c["failed"], best=self.best_value, best_trial=self.best_trial,
                                       eta_s=None if eta is None else round(eta))
@@ -493,11 +509,13 @@ class SweepMonitor(Callback):
 
     def _status_line(self, *, done: int, total: int, running: int, pruned: int, failed: int, lost: int,
                      best: float | None, best_trial: str | None, eta_s: int | None) -> str:
-        p = self.progress
         best_s = "-" if best is None else f"{best:.4f} ({best_trial})"
         lost_s = f"  lost {lost}" if lost else ""
+        epochs = ""
+        with self._display_guard():
+            epochs = f"  epochs {self.progress.done}/{self.progress.planned}"
         return (f"done {done}/{total}  running {running}  pruned {pruned}  failed {failed}{lost_s}  "
-                f"best {self.metric} {best_s}  epochs {p.done}/{p.planned}  ETA {format_duration(eta_s)}")
+                f"best {self.metric} {best_s}{epochs}  ETA {format_duration(eta_s)}")
 
     def announce(self, *, spec: Any, dashboard: str | None, restored: bool,
                  cpus_per_trial: float | None = None, concurrent: int | None = None) -> None:
