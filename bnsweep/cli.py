@@ -146,7 +146,8 @@ def _options(args: argparse.Namespace, spec: Any = None) -> Any:
     return LaunchOptions(run_dir=getattr(args, "run_dir", None) or None,  # a path or a URI: kept as typed
                          address=args.address, dashboard=not args.no_dashboard,
                          dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port,
-                         quiet=args.quiet, storage=args.storage, num_cpus=args.num_cpus)
+                         quiet=args.quiet, plain=getattr(args, "plain", False), storage=args.storage,
+                         num_cpus=args.num_cpus)
 
 
 # ------------------------------------------------------------------ verbs
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--storage", help="Optuna storage URL (default: sqlite file in the run directory)")
         q.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
         q.add_argument("--quiet", action="store_true", help="JSON lines instead of the live display")
+        q.add_argument("--plain", action="store_true",
+                       help="plain lines instead of the live display on a terminal (the default off a terminal)")
 
     from bnsweep.spec.config import keys_help
 

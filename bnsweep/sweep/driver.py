@@ -346,7 +346,7 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
         trainable = tune.with_resources(tune.with_parameters(train_configuration, meta=meta, data=data), resources)
         monitor = SweepMonitor(run_dir=rd, total=n, replicates=spec.replicates, metric=spec.metric.name,
                                mode=spec.metric.mode, quiet=options.quiet, seed_base=spec.seed,
-                               storage_url=storage_url)
+                               storage_url=storage_url, plain=options.plain)
         _check_cluster(rd, spec, options)
         monitor.announce(spec=spec, dashboard=dashboard, restored=restore, cpus_per_trial=cpus,
                          concurrent=concurrent)
@@ -385,6 +385,7 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
             tuner.fit()  # (inside, SweepMonitor hands a swallowed Ctrl-C to Ray Tune's handler)
             pause_for_tests("sweep-end")
         finally:
+            monitor.stop_display()  # (a second Ctrl-C, an error) the terminal restored before anything prints
             from bnsweep.store.table import write_results_table
 
             try:

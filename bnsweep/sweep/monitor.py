@@ -1,15 +1,21 @@
 """Live progress of a sweep (a Ray Tune callback on the driver) and all record keeping: the driver is
 the only writer of the run directory.
 
-On the terminal: one line per event (trial started/ended/retried) plus a status line at most every 10 s:
-done / running / pruned / failed, best so far, ETA. ``quiet=True`` prints JSON lines instead
-(for scripts). Every checkpoint a trial reports (into the run's storage, from wherever it runs) is
-read at once and its replicates' records and progress copied into the run directory
-(sweep/collect.py). When a trial ends without a record for every replicate, the missing ones are
-recorded from its last checkpoint: ``pruned`` (stopped by ASHA while running), ``failed`` (Ray gave up:
-its error is the reason), or ``lost`` when neither a record nor a checkpoint of the replicate can be
-found (never an invented result). The results table is rewritten (at most every few seconds; always
-at the end), so a crash loses at most the epochs in flight.
+Three displays (``display``): on a terminal, ``live``: one line per event (trial started/ended/retried)
+above a live table of the running trials (configuration, epoch k/N, val accuracy, images/s), a bar over
+the sweep's epochs with an ETA from measured epoch times, the counts and the best so far (never a failed
+or lost trial) (sweep/live.py); off a terminal (a pipe, a log file, ``--plain``), ``plain``: the same event
+lines and a status line after each trial's end and at most once a minute, never twice the same;
+``quiet=True`` (``json``): JSON lines (for scripts), a status line at most every 10 s. A live view that
+fails to draw is stopped (the terminal restored) and plain lines follow.
+
+Every checkpoint a trial reports (into the run's storage, from wherever it runs) is read at once and its
+replicates' records and progress copied into the run directory (sweep/collect.py). When a trial ends
+without a record for every replicate, the missing ones are recorded from its last checkpoint: ``pruned``
+(stopped by ASHA while running), ``failed`` (Ray gave up: its error is the reason), or ``lost`` when
+neither a record nor a checkpoint of the replicate can be found (never an invented result). The results
+table is rewritten (at most every few seconds; always at the end), so a crash loses at most the epochs
+in flight.
 
 Crash safety: Ray Tune snapshots its experiment state (which trials exist, the searcher's state) only
 every 10 s or more. A trial that started after the last snapshot would be unknown to ``resume``: its
@@ -27,14 +33,25 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ray.tune import Callback
 
 from bnsweep.base import interrupts
 from bnsweep.store.rundir import RunDir
 from bnsweep.sweep import ray_compat
+from bnsweep.sweep.live import (
+    LiveSnapshot,
+    LiveView,
+    SweepProgress,
+    TrialRow,
+    format_duration,
+    is_terminal,
+    render,
+    short_config,
+)
 from bnsweep.sweep.recovery import BACKUP_DIR
 
 TABLE_INTERVAL_S = 5.0  # rewrite the results table at most this often while trials end (always at the end)
@@ -42,11 +59,15 @@ TABLE_INTERVAL_S = 5.0  # rewrite the results table at most this often while tri
 # another checkpoint's) and it knows the trial's previous checkpoint: a restore then resumes from the newest
 # checkpoint or the one before (kept: CheckpointConfig(num_to_keep=3))
 SNAPSHOT_MIN_INTERVAL_S = 2.0
+PLAIN_STATUS_INTERVAL_S = 60.0  # off a terminal: a status line at most this often (and after each trial's end)
+JSON_STATUS_INTERVAL_S = 10.0  # --quiet: a status event at most this often while results come
+LIVE_REFRESH_S = 0.5  # the live view is redrawn at most this often (and on every result)
 
 
 class SweepMonitor(Callback):
     def __init__(self, *, run_dir: Path | RunDir, total: int, replicates: int, metric: str, mode: str, quiet: bool,
-                 seed_base: int, storage_url: str | None = None, snapshot_after_checkpoint: bool = True) -> None:
+                 seed_base: int, storage_url: str | None = None, snapshot_after_checkpoint: bool = True,
+                 plain: bool = False) -> None:
         self.rd = RunDir.of(run_dir)
         self.run_dir = self.rd.local  # the driver's copy (the run directory itself when it is local)
         self.total, self.replicates = total, replicates
@@ -64,6 +85,14 @@ class SweepMonitor(Callback):
         self.running: set[str] = set()
         self.best_value: float | None = None
         self.best_trial: str | None = None
+        self._trial_best: dict[str, float] = {}  # trial id -> its best reported metric (failed/lost: dropped)
+        self.display: Literal["json", "plain", "live"] = "json" if quiet else \
+            "live" if not plain and is_terminal() else "plain"
+        self.progress = SweepProgress(total=total, replicates=replicates)
+        self._rows: dict[str, TrialRow] = {}  # the running trials, as the live view shows them
+        self._view: LiveView | None = None
+        self._last_status_text: str | None = None
+        self._title = ""
         self.finished_flag = False
         self._last_trials_ended = False
         self._last_status = 0.0
@@ -77,15 +106,21 @@ class SweepMonitor(Callback):
         self._restored_checked = False
 
     def __getstate__(self) -> dict[str, Any]:  # the Tuner pickles its callbacks: not Ray's controller
-        return {**self.__dict__, "_controller": None}
+        return {**self.__dict__, "_controller": None, "_view": None}  # (nor the terminal's live view)
 
     # ---------------------------------------------------------------- Ray Tune hooks
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._publish_study()  # (a URI) the study's copy first: every trial a snapshot names is in it
         self._snapshot()  # before the trial trains: resume must know every trial that wrote anything
         self.running.add(trial.trial_id)
-        self._trial_start[trial.trial_id] = time.time()
+        now = self._trial_start[trial.trial_id] = time.time()
+        with self._display_guard():
+            epochs = _planned_epochs(trial.config)
+            self.progress.trial_started(trial.trial_id, epochs=epochs, now=now)
+            self._rows[trial.trial_id] = TrialRow(trial_id=trial.trial_id, config=short_config(trial.config),
+                                                  epochs=epochs, epoch=self.progress.trials[trial.trial_id].epoch)
         self._emit("started", trial=trial.trial_id, config=_short(trial.config))
+        self._refresh(force=True)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
@@ -93,8 +128,11 @@ class SweepMonitor(Callback):
         if result.get("resumed_at_epoch"):
             self._emit("restored", trial=trial.trial_id, from_epoch=result["resumed_at_epoch"],
                        node=result.get("hostname") or result.get("node_ip"))
-        if time.time() - self._last_status > 10:
+        with self._display_guard():
+            self._record_epoch(trial, result)
+        if self.display == "json" and time.time() - self._last_status > JSON_STATUS_INTERVAL_S:
             self._status(trials)
+        self._refresh(force=True)
 
     def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
         self._collect(trial, checkpoint)
@@ -128,6 +166,9 @@ class SweepMonitor(Callback):
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if self._table_pending and time.time() - self._last_table >= self._table_interval:
             self._write_table()
+        if self.display == "plain" and time.time() - max(self._last_status, self.started) >= PLAIN_STATUS_INTERVAL_S:
+            self._status(trials)
+        self._refresh()
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         interrupts.redeliver_if_pending()  # a Ctrl-C the garbage collector swallowed: Tune stops gracefully
@@ -144,6 +185,13 @@ class SweepMonitor(Callback):
                 else:
                     self._close(t, "failed", _error_reason(t))
                 self.ended[t.trial_id] = self._recorded_status(t, "completed" if t.status == "TERMINATED" else "failed")
+                with self._display_guard():
+                    self.progress.trial_ended(t.trial_id, epoch=_int((t.last_result or {}).get("epoch")))
+                if self.ended[t.trial_id] in ("failed", "lost"):
+                    self._drop_from_best(t.trial_id)
+                else:
+                    self._update_best(t.trial_id, (t.last_result or {}).get(self.metric))
+        self._refresh(force=True)
 
     def none_unfinished(self) -> bool:
         """Every trial Ray knew of at the end was seen ending (nothing left running or pending)."""
@@ -157,6 +205,81 @@ class SweepMonitor(Callback):
             and all(t.trial_id in self.ended for t in trials)
         if self._table_pending:
             self._write_table()
+        self.stop_display()  # the live view's last frame stays; what follows prints plain
+
+    # ---------------------------------------------------------------- the display
+    def _record_epoch(self, trial: Any, result: dict[str, Any]) -> None:
+        epoch = _int(result.get("epoch"))
+        if epoch is None:
+            return
+        self.progress.epoch_reported(trial.trial_id, epoch=epoch, now=time.time(),
+                                     resumed_at=_int(result.get("resumed_at_epoch")))
+        row = self._rows.get(trial.trial_id)
+        if row is not None:
+            row.epoch = self.progress.trials[trial.trial_id].epoch
+            row.epochs = self.progress.trials[trial.trial_id].epochs
+            row.val_accuracy = _float(result.get("val_accuracy"))
+            row.images_per_sec = _float(result.get("images_per_sec"))
+
+    @contextlib.contextmanager
+    def _display_guard(self) -> Iterator[None]:
+        """The display's bookkeeping never stops the sweep (an error: one warning, the rest carries on)."""
+        try:
+            yield
+        except Exception as e:
+            self._warn_once("display", f"the progress display's bookkeeping failed ({type(e).__name__}: {e}); "
+                                       "its epochs and ETA may be off")
+
+    def _frame(self) -> Any:
+        now = time.time()
+        p = self.progress
+        rows = [self._rows[t] for t in sorted(self._rows, key=lambda t: self._trial_start.get(t, 0.0))]
+        return render(LiveSnapshot(rows=rows, done=p.done, planned=p.planned, skipped=p.skipped, eta_s=p.eta(now=now),
+                                   counts=self._counts_text(), best=f"best {self.metric}: {self._best_text()}",
+                                   title=self._title))
+
+    def _refresh(self, *, force: bool = False) -> None:
+        """Redraw the live view (at most every LIVE_REFRESH_S unless ``force``); never raises: a view that
+        fails is stopped and plain lines follow."""
+        view = self._view
+        if self.display != "live" or view is None:
+            return
+        view.refresh(force=force)
+        if view.failed:
+            self._fall_back(view)
+
+    def _fall_back(self, view: LiveView) -> None:
+        self._view = None
+        self.display = "plain"
+        self._emit("warning", message=f"the live display failed ({view.failed}); plain lines from here on")
+
+    def start_display(self) -> None:
+        """On a terminal: start the live view (after the launch lines)."""
+        if self.display != "live" or self._view is not None:
+            return
+        self._view = LiveView(frame=self._frame, min_interval_s=LIVE_REFRESH_S)
+        if not self._view.start():
+            self._fall_back(self._view)
+
+    def stop_display(self) -> None:
+        """Stop the live view (idempotent; the terminal restored, its last frame kept); plain lines after."""
+        view, self._view = self._view, None
+        if view is not None:
+            view.stop()
+        if self.display == "live":
+            self.display = "plain"
+
+    def _counts_text(self) -> str:
+        c = self.counts()
+        done = len(self.ended)
+        text = f"done {done}/{self.total}  running {c['running']}  pruned {c['pruned']}  failed {c['failed']}"
+        for extra in ("lost", "diverged"):
+            if c.get(extra):
+                text += f"  {extra} {c[extra]}"
+        return text
+
+    def _best_text(self) -> str:
+        return "-" if self.best_value is None else f"{self.best_value:.4f} ({self.best_trial})"
 
     # ---------------------------------------------------------------- helpers
     def _collect(self, trial: Any, checkpoint: Any) -> None:
@@ -237,13 +360,20 @@ class SweepMonitor(Callback):
         if trial.trial_id in self._trial_start:
             self._durations.append(time.time() - self._trial_start.pop(trial.trial_id))
         last = trial.last_result or {}
-        self._update_best(trial.trial_id, last.get(self.metric))
+        with self._display_guard():
+            self.progress.trial_ended(trial.trial_id, now=time.time(), epoch=_int(last.get("epoch")))
+        self._rows.pop(trial.trial_id, None)
+        if status in ("failed", "lost"):  # best so far is never a trial that failed
+            self._drop_from_best(trial.trial_id)
+        else:
+            self._update_best(trial.trial_id, last.get(self.metric))
         self._table_pending = True
         if time.time() - self._last_table >= self._table_interval:
             self._write_table()
         self._publish_study()
         self._emit(status, trial=trial.trial_id, epochs=last.get("epoch"), **{self.metric: last.get(self.metric)})
         self._status(trials)
+        self._refresh(force=True)
 
     def _write_table(self) -> None:
         """Rewrite the results table; spaced so that writing takes at most ~10% of the driver's time."""
@@ -318,11 +448,23 @@ class SweepMonitor(Callback):
             self._emit("warning", message=message)
 
     def _update_best(self, trial_id: str, value: Any) -> None:
-        if not isinstance(value, (int, float)) or value != value:
+        if not isinstance(value, (int, float)) or value != value or self.ended.get(trial_id) in ("failed", "lost"):
             return
+        old = self._trial_best.get(trial_id)
+        if old is None or (value > old if self.mode == "max" else value < old):
+            self._trial_best[trial_id] = float(value)
         better = self.best_value is None or (value > self.best_value if self.mode == "max" else value < self.best_value)
         if better:
             self.best_value, self.best_trial = float(value), trial_id
+
+    def _drop_from_best(self, trial_id: str) -> None:
+        """A trial that failed (or was lost) leaves the best so far, whatever it reported before."""
+        self._trial_best.pop(trial_id, None)
+        if self.best_trial != trial_id:
+            return
+        pick = max if self.mode == "max" else min
+        self.best_trial = pick(self._trial_best, key=self._trial_best.__getitem__) if self._trial_best else None
+        self.best_value = self._trial_best[self.best_trial] if self.best_trial is not None else None
 
     def counts(self) -> dict[str, int]:
         c = {"completed": 0, "pruned": 0, "failed": 0}
@@ -340,33 +482,57 @@ class SweepMonitor(Callback):
     def all_ended(self) -> bool:
         return self.finished_flag
 
-    def eta_seconds(self, trials: list[Any]) -> float | None:
-        if not self._durations:
-            return None
-        left = max(self.total - sum(t.status in ("TERMINATED", "ERROR") or t.trial_id in self.ended
-                                    for t in trials), 0)
-        parallel = max(len(self.running), 1)
-        return left * (sum(self._durations) / len(self._durations)) / parallel
+    def eta_seconds(self, trials: list[Any] | None = None) -> float | None:
+        """Seconds until the sweep ends, from measured epoch times (sweep/live.py); None before the first."""
+        return self.progress.eta(now=time.time())
 
     def _status(self, trials: list[Any]) -> None:
         self._last_status = time.time()
         c = self.counts()
         done = sum(t.status in ("TERMINATED", "ERROR") or t.trial_id in self.ended for t in trials)
-        eta = self.eta_seconds(trials)
-        self._emit("status", done=done, total=self.total, running=c["running"], pruned=c["pruned"],
-                   failed=c["failed"], best=self.best_value, best_trial=self.best_trial,
-                   eta_s=None if eta is None else round(eta))
+        eta = None
+        with self._display_guard():
+            eta = self.eta_seconds(trials)
+        fields: dict[str, Any] = dict(done=done, total=self.total, running=c["running"], pruned=c["pruned"],
+                                      failed=c["failed"], best=self.best_value, best_trial=self.best_trial,
+                                      eta_s=None if eta is None else round(eta))
+        if self.display == "live":
+            return  # the live view shows it
+        if self.display == "plain":
+            text = self._status_line(**fields, lost=c.get("lost", 0))
+            if text == self._last_status_text:
+                return  # never the same line twice
+            self._last_status_text = text
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+            return
+        self._emit("status", **fields)
+
+    def _status_line(self, *, done: int, total: int, running: int, pruned: int, failed: int, lost: int,
+                     best: float | None, best_trial: str | None, eta_s: int | None) -> str:
+        best_s = "-" if best is None else f"{best:.4f} ({best_trial})"
+        lost_s = f"  lost {lost}" if lost else ""
+        epochs = ""
+        with self._display_guard():
+            epochs = f"  epochs {self.progress.done}/{self.progress.planned}"
+        return (f"done {done}/{total}  running {running}  pruned {pruned}  failed {failed}{lost_s}  "
+                f"best {self.metric} {best_s}{epochs}  ETA {format_duration(eta_s)}")
 
     def announce(self, *, spec: Any, dashboard: str | None, restored: bool,
                  cpus_per_trial: float | None = None, concurrent: int | None = None) -> None:
+        with contextlib.suppress(Exception):  # the planned epochs of a configuration not yet started
+            self.progress.epochs_hint = _int(spec.base_trial_config().get("epochs"))
+        self.progress.slots = concurrent
+        self._title = f"{spec.name} → {self.rd.uri}"
         self._emit("resumed" if restored else "launched", sweep=spec.name, run_dir=self.rd.uri,
                    configurations=self.total, replicates=self.replicates, concurrent=concurrent,
                    cpus_per_trial=cpus_per_trial, packing_from_spec=[spec.max_concurrent is not None,
                                                                      spec.resources.cpu is not None],
                    dashboard=f"http://{dashboard}" if dashboard and not dashboard.startswith("http") else dashboard,
                    optuna_dashboard=f"optuna-dashboard sqlite:///{self.rd.optuna_db}")
+        self.start_display()
 
     def close(self, outcome: Any) -> None:
+        self.stop_display()
         event = "stopped" if not outcome.finished else "finished" if outcome.complete else "incomplete"
         self._emit(event, counts=outcome.counts, best=outcome.best, elapsed_s=round(time.time() - self.started),
                    resume=None if outcome.finished else f"bnsweep resume {self.rd.uri}",
@@ -377,7 +543,7 @@ class SweepMonitor(Callback):
                    storage_s={k: round(v, 3) for k, v in self.storage_seconds.items()})
 
     def _emit(self, event: str, **fields: Any) -> None:
-        if self.quiet:
+        if self.display == "json":
             print(json.dumps({"event": event, "time": round(time.time(), 3), **fields}, default=str), flush=True)
             return
         stamp = time.strftime("%H:%M:%S")
@@ -408,6 +574,11 @@ class SweepMonitor(Callback):
             rest = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()
                              if v is not None)
             line = f"[{stamp}] {event:9s} {rest}"
+        view = self._view
+        if view is not None:
+            if view.print(line, style="yellow" if event == "warning" else None):
+                return
+            self._fall_back(view)
         print(line, file=sys.stderr if event == "warning" else sys.stdout, flush=True)
 
 
@@ -444,6 +615,25 @@ def _error_reason(trial: Any, retrying: bool = False) -> str:
         return detail[:300]
     what = f"the trial failed {failures} time(s), retries exhausted" if failures else "the trial failed"
     return f"{what}: {detail[:300]}" if detail else what
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _planned_epochs(config: dict[str, Any]) -> int | None:
+    resolved = config.get("resolved")
+    return _int(resolved.get("epochs")) if isinstance(resolved, dict) else None
 
 
 def _short(config: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ class LaunchOptions:
     dashboard_host: str = "127.0.0.1"  # anyone who reaches Ray's dashboard/job API can run code
     dashboard_port: int = 8265
     quiet: bool = False  # machine-readable JSON lines instead of the live display
+    plain: bool = False  # plain lines even on a terminal, instead of the live display
     storage: str | None = None  # Optuna storage URL; default SQLite on the driver's disk (RunDir.optuna_db)
     num_cpus: int | None = None  # CPUs of the local Ray (default: all)
     num_gpus: int | None = None
