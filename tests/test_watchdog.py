@@ -91,6 +91,21 @@ def test_clocks_follow_the_trial_s_reports_and_a_stalled_driver_is_not_held_agai
     assert clock.since == pytest.approx(before + DRIVER_STALL_S + 10, abs=0.5)
 
 
+def test_a_disabled_watchdog_stops_nothing_and_one_that_cannot_reach_ray_says_so(capsys):
+    late = SimpleNamespace(trial_id="t1", status="RUNNING", max_failures=2, num_failures=0)
+    for enabled in (False, True):
+        w = HungTrialWatchdog(spec=Watchdog(enabled=enabled, min_seconds=1, first_epoch_seconds=0), quiet=True)
+        w.on_trial_start(0, [], late)
+        w.clocks["t1"].since -= 5.0  # 5 s without an epoch, the limit 1 s
+        w.on_step_end(0, [late])
+        if not enabled:
+            assert capsys.readouterr().out == "" and not w.stopped
+    # enabled, but outside Ray Tune (no controller to stop it with): a warning, no stop recorded, clock reset
+    said = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["event"] for e in said] == ["warning"] and "cannot be reached" in said[0]["message"], said
+    assert not w.stopped and time.monotonic() - w.clocks["t1"].since < 1
+
+
 def test_the_watchdog_section_of_a_spec_is_checked_and_never_part_of_the_spec_hash():
     base = "name: w\ntrials: 1\n"
     plain = parse_spec_text(base)

@@ -170,19 +170,20 @@ class HungTrialWatchdog(Callback):
                   f"{limit:.0f} s, watchdog: {self._spec_text()})")
         clock.since = None
         clock.stops += 1
-        try:
-            retried = ray_compat.fail_hung_trial(controller, trial, REASON_MARK + reason)
-        except Exception as e:  # the seam broke: say so, never stop the sweep over it
-            self._emit("warning", message=f"could not stop hung trial {trial.trial_id}: {type(e).__name__}: {e}")
-            return
+        retried = trial.max_failures < 0 or trial.num_failures + 1 <= trial.max_failures  # (as Ray decides)
         stop = {"trial_id": trial.trial_id, "at": now_iso(), "seconds_without_epoch": round(waited, 1),
                 "limit_s": round(limit, 1), "last_epoch": clock.epoch, "stop": clock.stops, "retried": retried,
                 "reason": reason}
-        self.stopped.append(stop)
-        self._record(trial.trial_id)
         self._emit("watchdog", trial=trial.trial_id, seconds_without_epoch=round(waited, 1), limit_s=round(limit, 1),
                    last_epoch=clock.epoch, action="retried from its last checkpoint" if retried
                    else "retries exhausted: failed")
+        try:
+            ray_compat.fail_hung_trial(controller, trial, REASON_MARK + reason)
+        except Exception as e:  # the seam broke: say so, never stop the sweep over it
+            self._emit("warning", message=f"could not stop hung trial {trial.trial_id}: {type(e).__name__}: {e}")
+            return
+        self.stopped.append(stop)
+        self._record(trial.trial_id)
 
     def _spec_text(self) -> str:
         s = self.spec
