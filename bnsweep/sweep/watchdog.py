@@ -165,7 +165,10 @@ class HungTrialWatchdog(Callback):
             clock.since = time.monotonic()  # said again after another limit, not every second
             return
         self._controller = controller
-        what = f"epoch {clock.epoch + 1}" if clock.reported or clock.epoch else "its first epoch"
+        if not clock.epoch:  # (a driver that resumed the sweep: the epoch its restored checkpoint reached)
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                clock.epoch = int((trial.last_result or {}).get("epoch") or 0)
+        what = f"epoch {clock.epoch + 1}" if clock.epoch else "its first epoch"
         reason = (f"stopped by the watchdog after {waited:.0f} s without an epoch (waiting for {what}; limit "
                   f"{limit:.0f} s, watchdog: {self._spec_text()})")
         clock.since = None
