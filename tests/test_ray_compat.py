@@ -54,6 +54,58 @@ def test_tune_controller_snapshot_staging_and_restored_callbacks(ray_local, tmp_
     assert restored._local_tuner.get_run_config().callbacks == [new], "Tuner.restore's callbacks seam broke"
 
 
+def test_a_hung_trial_is_failed_with_a_reason_its_actor_killed_and_retried_from_its_checkpoint(ray_local, tmp_path):
+    """``fail_hung_trial`` (TuneController._process_trial_failure + ray.kill): with one CPU, the retry can only
+    start once the hung actor's CPU is freed; it restores the checkpoint; the reason is in the error file."""
+    import time
+
+    from ray import tune
+
+    def _hangs_once(config):
+        import json
+        import os
+        import tempfile
+        import time
+        from pathlib import Path
+
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        start = json.loads((Path(ckpt.to_directory()) / "e.json").read_text())["epoch"] if ckpt else 0
+        for epoch in range(start + 1, 3):
+            if epoch == 2 and ckpt is None:
+                time.sleep(300)  # hung (first attempt only)
+            d = tempfile.mkdtemp()
+            (Path(d) / "e.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report({"epoch": epoch, "start": start, "pid": os.getpid()},
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
+    seen: dict = {"results": []}
+
+    class Stopper(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            seen["results"].append((result["epoch"], result["start"]))
+            seen.setdefault("first", time.monotonic())
+            seen["trial"] = trial
+
+        def on_step_end(self, iteration, trials, **info):
+            if "first" in seen and "retried" not in seen and time.monotonic() - seen["first"] > 1:
+                seen["retried"] = ray_compat.fail_hung_trial(ray_compat.tune_controller_from_stack(), seen["trial"],
+                                                             "bnsweep-reason: hung, stopped by the test")
+
+    t0 = time.monotonic()
+    tune.Tuner(_hangs_once, run_config=tune.RunConfig(
+        name="hung", storage_path=str(tmp_path), callbacks=[Stopper()], verbose=0,
+        failure_config=tune.FailureConfig(max_failures=1))).fit()
+    took = time.monotonic() - t0
+    trial = seen["trial"]
+    assert seen.get("retried") is True, "fail_hung_trial's seam (TuneController._process_trial_failure) broke"
+    assert seen["results"] == [(1, 0), (2, 1)], f"the retry did not restore the checkpoint: {seen['results']}"
+    assert trial.status == "TERMINATED" and trial.num_failures == 1
+    assert "hung, stopped by the test" in Path(trial.error_file).read_text()
+    assert took < 120, f"{took:.0f} s: the hung actor was not killed (its CPU held until Ray's 600 s clean-up)"
+
+
 def test_aws_variables_are_no_longer_propagated_to_trial_actors():
     from ray.tune.execution import class_cache
 

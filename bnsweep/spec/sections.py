@@ -26,7 +26,8 @@ from bnsweep.spec.fields import Allowed, ListOut, Number, Section, config_errors
 from bnsweep.spec.tracking import TrackingConfig
 
 __all__ = ["DISTRIBUTION_KINDS", "METHODS", "METRIC_NAMES", "SCHEDULER_TYPES", "Constant", "Distribution", "Metric",
-           "OneOf", "Param", "Resources", "SchedulerSpec", "SpecFile", "SpecSection", "TrackingConfig", "Values"]
+           "OneOf", "Param", "Resources", "SchedulerSpec", "SpecFile", "SpecSection", "TrackingConfig", "Values",
+           "Watchdog"]
 
 Method = Literal["grid", "random", "tpe", "cmaes"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -101,6 +102,26 @@ class Resources(SpecSection):
                    Allowed("a number >= 0 (fractions allowed)")] = Field(
         0, description="GPUs per trial (a fraction <= 1 shares a GPU, or a whole number)")
     tpu: int = Field(0, ge=0, le=4096, description="TPU chips per trial")
+
+
+class Watchdog(SpecSection):
+    """Hung trials (``sweep/watchdog.py``): a running trial that reports no epoch within its limit is stopped
+    and retried from its last checkpoint (an environment fault: ``ENVIRONMENT_RETRIES`` times, then failed with
+    that reason). The limit is ``max(min_seconds, factor × the slowest epoch seen)`` (the trial's own, or the
+    sweep's before the trial has one), plus ``first_epoch_seconds`` until each attempt reports its first epoch
+    (start-up, data, restore, compilation). Not part of the spec hash: changing it never blocks a ``resume``.
+
+    >>> Watchdog().factor, Watchdog(min_seconds=60).min_seconds, Watchdog(enabled=False).enabled
+    (10, 60, False)
+    """
+
+    enabled: bool = Field(True, description="stop and retry trials that report no epoch within the limit")
+    factor: Annotated[Number, Field(ge=1, le=1_000_000)] = Field(
+        10, description="the limit is this multiple of the slowest epoch seen (the trial's, else the sweep's)")
+    min_seconds: Annotated[Number, Field(gt=0, le=1e8)] = Field(
+        300, description="the limit is never below this many seconds")
+    first_epoch_seconds: Annotated[Number, Field(ge=0, le=1e8)] = Field(
+        3600, description="added to the limit of each attempt's first epoch (start-up, restore, compilation)")
 
 
 # ---------------------------------------------------------------- parameter specs
@@ -240,6 +261,10 @@ class SpecFile(SpecSection):
     fixed: dict[str, Any] = Field({}, description="trial-config keys every trial uses (nested or dotted)")
     parameters: dict[str, Any] = Field({}, description="trial-config keys the search varies: {values: [...]}, "
                                                        "{value: x}, {distribution: ..., min, max}, {one_of: {...}}")
+    watchdog: Watchdog = Field(Watchdog(), description="hung trials: stopped and retried from their last checkpoint "
+                                                       "after no epoch for max(min_seconds, factor × the slowest "
+                                                       "epoch) s (+ first_epoch_seconds for a first epoch); not "
+                                                       "part of the spec hash")
     expect: dict[str, Any] | None = Field(
         None, description="what published results say this sweep should measure: {\"key=value,...\": {metric: "
                           "[low, high], source: text}} (export --scorecard); not part of the spec hash")

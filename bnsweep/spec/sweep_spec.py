@@ -42,7 +42,8 @@ trained or imported (no TensorFlow, Keras or Ray) to do so.
 ... except SpecError as e:
 ...     print(e)
 x.yaml:3 methd: unknown key 'methd', did you mean 'method'? allowed: name, description, include, method, metric, \
-trials, replicates, seed, max_concurrent, scheduler, resources, retries, storage, tracking, fixed, parameters, expect
+trials, replicates, seed, max_concurrent, scheduler, resources, retries, storage, tracking, fixed, parameters, \
+watchdog, expect
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ from bnsweep.spec.sections import (
     SpecFile,
     TrackingConfig,
     Values,
+    Watchdog,
 )
 from bnsweep.spec.yaml_io import MAX_BYTES, dump_yaml, read_yaml, yaml_value
 
@@ -112,6 +114,7 @@ __all__ = [
     "SweepSpec",
     "TrackingConfig",
     "Values",
+    "Watchdog",
     "affected_keys",
     "describe_grid",
     "grid_size",
@@ -125,7 +128,7 @@ __all__ = [
 TOP_LEVEL_KEYS: tuple[str, ...] = tuple(SpecFile.model_fields)
 TRACKING_KEYS: tuple[str, ...] = tuple(TrackingConfig.model_fields)
 _SECTION_MODELS: dict[str, Any] = {"metric": Metric, "scheduler": SchedulerSpec, "resources": Resources,
-                                   "tracking": TrackingConfig}
+                                   "tracking": TrackingConfig, "watchdog": Watchdog}
 
 # Keys people bring from W&B sweeps / Ray Tune, pointed at ours.
 _TOP_HINTS = {
@@ -556,6 +559,7 @@ class SweepSpec:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     parameters: Mapping[str, Param] = field(default_factory=dict)
+    watchdog: Watchdog = field(default_factory=Watchdog)  # hung trials (sweep/watchdog.py); not hashed
     expect: Mapping[str, Any] | None = None  # the expect: section as written (spec/expect.py reads it)
     source: str = "<string>"
     raw: Mapping[str, Any] = field(default_factory=dict)
@@ -664,6 +668,7 @@ class SweepSpec:
             "tracking": tracking,
             "fixed": unflatten(dict(self.fixed)),
             "parameters": {k: _param_to_plain(p) for k, p in self.parameters.items()},
+            **({"watchdog": self.watchdog.model_dump()} if self.watchdog != Watchdog() else {}),
             **({"expect": dict(self.expect)} if self.expect is not None else {}),
         }
 
@@ -689,7 +694,8 @@ class SweepSpec:
         >>> SweepSpec(name="a").spec_hash() == SweepSpec(name="a").spec_hash() != SweepSpec(name="b").spec_hash()
         True
         """
-        content = {k: v for k, v in self.to_dict().items() if k != "expect"}  # what trains, not what is expected
+        # what trains, not what is expected of it nor how long a hung trial is waited for
+        content = {k: v for k, v in self.to_dict().items() if k not in ("expect", "watchdog")}
         blob = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -302,6 +302,7 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
     from bnsweep.sweep.monitor import SweepMonitor
     from bnsweep.sweep.searcher import trial_dirname
     from bnsweep.sweep.trainable import ENVIRONMENT_RETRIES, train_configuration
+    from bnsweep.sweep.watchdog import HungTrialWatchdog
 
     if data is _UNLOADED:
         data = _load_fixed_data(spec)  # once per sweep (None: trials search over data settings)
@@ -347,7 +348,7 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
         monitor = SweepMonitor(run_dir=rd, total=n, replicates=spec.replicates, metric=spec.metric.name,
                                mode=spec.metric.mode, quiet=options.quiet, seed_base=spec.seed,
                                storage_url=storage_url, plain=options.plain)
-        _check_cluster(rd, spec, options)
+        watchdog = HungTrialWatchdog(spec=spec.watchdog, run_dir=rd, quiet=options.quiet)  # hung trials
         monitor.announce(spec=spec, dashboard=dashboard, restored=restore, cpus_per_trial=cpus,
                          concurrent=concurrent)
         try:
@@ -362,7 +363,7 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
                                       f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
                                       "the run directory is damaged") from None
                 # callbacks are not part of the restored state (the launching driver's are): re-attach ours
-                ray_compat.set_restored_callbacks(tuner, [monitor])
+                ray_compat.set_restored_callbacks(tuner, [monitor, watchdog])
             else:
                 tuner = tune.Tuner(
                     trainable,
@@ -373,7 +374,7 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
                         trial_dirname_creator=trial_dirname),
                     run_config=tune.RunConfig(
                         name=RunDir.RAY, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
-                        callbacks=[monitor],
+                        callbacks=[monitor, watchdog],
                         # the newest 3 per trial: Ray's state (snapshotted at least every 2nd checkpoint of a
                         # trial, sweep/monitor.py) then never names only deleted ones after a crash
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
@@ -409,22 +410,6 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
                       best=monitor.best())
     monitor.close(outcome)
     return outcome
-
-
-def _check_cluster(rd: RunDir, spec: Any, options: LaunchOptions) -> None:
-    """Before the Tuner starts: the run directory must be reachable from every node of the cluster.
-
-    The pre-flight checks live in ``bnsweep.sweep.cluster`` (another part of the project); this is the
-    hook. TODO(preflight): until ``check_cluster`` exists there, nothing is probed before launch: a run
-    directory a node cannot see is caught by each trial on that node (``StorageUnreachable``: the trial
-    fails with that reason, the sweep ends with exit 3, never a silent table)."""
-    try:
-        from bnsweep.sweep import cluster  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    check = getattr(cluster, "check_cluster", None)
-    if check is not None and options.address:
-        check(run_dir=rd, spec=spec, options=options)
 
 
 def _counts(table: Any, *, total: int) -> dict[str, int]:

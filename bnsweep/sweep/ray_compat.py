@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -59,6 +60,28 @@ def experiment_staging(controller: Any) -> tuple[str, str]:
     Why: a local run directory keeps an atomic backup of the last snapshot (Ray copies it into the run
     directory non-atomically; resume repairs a torn copy from the backup)."""
     return str(controller._storage.experiment_driver_staging_path), str(controller.experiment_state_file_name)
+
+
+def fail_hung_trial(controller: Any, trial: Any, reason: str) -> bool:
+    """Fail a RUNNING trial whose worker hangs, with ``reason`` as its error, and kill its actor: Ray Tune then
+    retries it from its last checkpoint as it does a dead worker (``FailureConfig.max_failures``), or, those
+    retries spent, ends it ERROR. Returns whether it is retried.
+
+    Why: Ray Tune has no public way to fail a trial from the driver. ``TuneController._process_trial_failure``
+    is what Ray itself calls for a dead worker: it appends ``reason`` to the trial's error file, counts the
+    failure, and retries or ends the trial; its stop of the actor is graceful (a ``stop`` call queued behind the
+    hung epoch, force-killed only after ``TUNE_FORCE_TRIAL_CLEANUP_S``, 600 s, holding the trial's CPUs/GPUs
+    meanwhile), so the actor is also killed at once (``ray.kill``, public) and its resources freed for the retry."""
+    import ray
+    from ray.tune.error import TuneError
+
+    actor = trial.temporary_state.ray_actor  # (set to None by the stop below)
+    retried = trial.max_failures < 0 or trial.num_failures + 1 <= trial.max_failures
+    controller._process_trial_failure(trial, exception=TuneError(reason))
+    if actor is not None:
+        with contextlib.suppress(Exception):  # already dead: nothing to free
+            ray.kill(actor)
+    return retried
 
 
 def set_restored_callbacks(tuner: Any, callbacks: list[Any]) -> None:
