@@ -55,9 +55,9 @@ from bnsweep.analysis.tables import (
     write_output,
 )
 
-from bnsweep.spec.config import REGIMES, flatten
+from bnsweep.spec.config import REGIMES, flatten, selectors
 
-EXECUTION_KEYS = ("backend", "jit_compile", "threads", "strategy", "data.path", "data.test_path")
+EXECUTION_KEYS = ("backend", "jit_compile", "threads", "strategy", "replicates_layout", "data.path", "data.test_path")
 Format = Literal["markdown", "latex", "csv"]
 COLUMNS = ["a", "b", "n_pairs", "mean_a", "mean_b", "mean_diff", "std_diff", "ci_low", "ci_high", "boot_low",
            "boot_high", "t", "p_value", "p_holm", "significant", "n_unpaired_a", "n_unpaired_b"]
@@ -111,7 +111,7 @@ def _prepare(df: pd.DataFrame, *, by: str, metric: str, ignore: Sequence[str], a
     for _, r in df.iterrows():
         if not isinstance(r.get("config_json"), str):
             continue
-        flat = flatten(json.loads(r["config_json"]))
+        flat = _cell_keys(json.loads(r["config_json"]))
         keys_seen |= set(flat)
         group = labels[r["run_dir"]] if across else flat.get(by, _MISSING)
         if group is _MISSING:
@@ -131,6 +131,24 @@ def _prepare(df: pd.DataFrame, *, by: str, metric: str, ignore: Sequence[str], a
 
 
 _MISSING = object()
+
+
+def _cell_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial config as compare's keys: sections dotted (``model.width``), a tagged section whole
+    (``lr_schedule``: its keys depend on its type, so ``--ignore lr_schedule`` / ``--by lr_schedule``
+    name it as one).
+
+    >>> _cell_keys({"model": {"width": 2}, "lr_schedule": {"type": "constant"}, "lr": 0.1})
+    {'model.width': 2, 'lr_schedule': {'type': 'constant'}, 'lr': 0.1}
+    """
+    tagged = selectors()
+    out: dict[str, Any] = {}
+    for name, value in config.items():
+        if name in tagged or not isinstance(value, dict):
+            out[name] = value
+        else:
+            out.update(flatten(value, name + "."))
+    return out
 
 
 def _run_labels(df: pd.DataFrame) -> dict[str, str]:
