@@ -125,9 +125,78 @@ def resume(run_dir: Path | str | RunDir, *, options: LaunchOptions) -> Outcome:
         if options.storage:
             _check_storage(options.storage)
         _check_optuna_storage(rd, _storage_url(rd, options, spec))
+        done = _already_complete(rd, spec)
+        if done is not None:  # nothing to run: no Ray, nothing written
+            return _report_complete(rd, spec, options=options, counts=done)
         # last: it may repair a torn snapshot (a local run directory; a store's objects are whole)
         restore = check_ray_storage(rd) if rd.is_remote else check_ray_state(rd.local)
         return _run(rd, spec, options=options, restore=restore)
+
+
+COMPLETE_STATUSES = ("completed", "pruned", "diverged")
+
+
+def _already_complete(rd: RunDir, spec: Any) -> dict[str, int] | None:
+    """The counts of a sweep whose every configuration ended completed, pruned or diverged, with a record for
+    each of its replicates (a resume has nothing left to do); None while anything is missing, running,
+    failed or lost (a resume runs or retries it)."""
+    from bnsweep.store.table import load_results
+    from bnsweep.sweep.space import count_configurations
+
+    try:
+        table = load_results(rd.local)
+    except Exception:
+        return None
+    n = count_configurations(spec)
+    if not len(table):
+        return None
+    ended = 0
+    for _, statuses in table.groupby("trial_id")["status"]:
+        got = list(statuses)
+        if len(got) < spec.replicates or any(s not in COMPLETE_STATUSES for s in got):
+            return None
+        ended += 1
+    if ended < n:
+        return None
+    return _counts(table, total=n)
+
+
+def _report_complete(rd: RunDir, spec: Any, *, options: LaunchOptions, counts: dict[str, int]) -> Outcome:
+    """``resume`` of a sweep that already finished: say so (one line, or one JSON event) and change nothing."""
+    from bnsweep.store.table import load_results
+
+    shown = rd.uri if rd.is_remote else _rel(rd.local)
+    best = best_of_table(load_results(rd.local), metric=spec.metric.name, mode=spec.metric.mode)
+    if options.quiet:
+        print(json.dumps({"event": "complete", "counts": counts, "best": best, "run_dir": shown}, default=str),
+              flush=True)
+    else:
+        what = ", ".join(f"{counts[k]} {k}" for k in COMPLETE_STATUSES if counts.get(k))
+        print(f"sweep {spec.name!r} in {shown} is already complete ({counts['total']} configurations: {what}); "
+              f"nothing to resume. See `bnsweep status {shown}`", flush=True)
+    return Outcome(run_dir=rd.uri if rd.is_remote else rd.local, finished=True, counts=counts, best=best)
+
+
+def best_of_table(table: Any, *, metric: str, mode: str) -> dict[str, Any] | None:
+    """The best configuration of a results table by ``metric`` (the mean over its replicates), among
+    configurations whose every replicate completed, was pruned or diverged: a failed, lost or running
+    trial is never named best."""
+    col = {"val_accuracy": "val_accuracy_final", "val_loss": "val_loss_final"}.get(metric, metric)
+    if table is None or not len(table) or col not in table:
+        return None
+    best: dict[str, Any] | None = None
+    for trial_id, g in table.groupby("trial_id", sort=True):
+        if any(s not in COMPLETE_STATUSES for s in g["status"]):
+            continue
+        values = g[col].dropna()
+        if not len(values):
+            continue
+        v = float(values.mean())
+        if v != v:
+            continue
+        if best is None or (v > best[metric] if mode == "max" else v < best[metric]):
+            best = {"trial_id": str(trial_id), metric: v}
+    return best
 
 
 def _refuse_if_holds_sweep(rd: RunDir) -> None:

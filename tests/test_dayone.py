@@ -1,0 +1,90 @@
+"""Day-one failures of real use (issue 13), each reproduced with the real CLI in a subprocess where the exit
+status or a traceback is the point: resuming a finished sweep, another Optuna storage on resume, damaged
+records under ``status``, symlink loops, labels the model cannot hold, disk full / I/O errors mid-sweep.
+
+One real tiny sweep (the quickstart on 300 real CIFAR images, one step, one seed) is launched once for the
+module and copied by the tests that resume or damage it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10-subset-train.npz"
+TINY = ("--set", "data.train_size=300", "--set", "data.val_size=100", "--set", "data.test_size=100",
+        "--set", "steps_per_epoch=1", "--epochs", "1")
+RAY = ("--no-dashboard", "--num-cpus", "2")
+
+needs_cifar = pytest.mark.skipif(not CIFAR.is_file(), reason=f"the real CIFAR subset is absent ({CIFAR.name})")
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2", "WANDB_MODE": "offline",
+            "RAY_ADDRESS": ""}
+
+
+def cli(*argv: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bnsweep", *argv], capture_output=True, text=True, timeout=timeout,
+                          env=env(), cwd=cwd)
+
+
+def refused(res: subprocess.CompletedProcess[str], *parts: str) -> str:
+    """Exit 2, one line on stderr naming ``parts``, no traceback."""
+    assert res.returncode == 2, (res.returncode, res.stdout[-1000:], res.stderr[-3000:])
+    assert "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    for part in parts:
+        assert part in err, (part, err)
+    return err
+
+
+def tree_digest(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> Path:
+    """A finished quickstart (2 configurations × 1 seed, one step each) launched through the CLI (~50 s)."""
+    if not CIFAR.is_file():
+        pytest.skip(f"the real CIFAR subset is absent ({CIFAR})")
+    run_dir = tmp_path_factory.mktemp("dayone") / "qs"
+    res = cli("launch", str(ROOT / "sweeps" / "quickstart.yaml"), "--data", str(CIFAR), *TINY, "--replicates", "1",
+              "--run-dir", str(run_dir), "--quiet", *RAY)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
+    return run_dir
+
+
+def copy_of(run_dir: Path, tmp_path: Path, name: str = "copy") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(run_dir, dst, symlinks=True)
+    return dst
+
+
+# ---------------------------------------------------------------- 3. resume of a finished sweep
+
+
+@needs_cifar
+def test_resume_of_a_finished_sweep_says_it_is_complete_and_exits_0(finished_sweep, tmp_path):
+    """Before: "stopped: {... 'completed': 2 ...} continue with: bnsweep resume DIR", exit 130."""
+    rd = copy_of(finished_sweep, tmp_path)
+    before = tree_digest(rd)
+    res = cli("resume", str(rd), *RAY)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
+    assert "already complete" in res.stdout and "2 completed" in res.stdout, res.stdout
+    assert "continue with" not in res.stdout + res.stderr and "Traceback" not in res.stderr
+    assert tree_digest(rd) == before  # nothing run, nothing written
+    quiet = cli("resume", str(rd), "--quiet", *RAY)
+    assert quiet.returncode == 0
+    event = json.loads(quiet.stdout.strip().splitlines()[-1])
+    assert event["event"] == "complete" and event["counts"]["completed"] == 2 and event["best"]["trial_id"]
