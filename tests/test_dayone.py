@@ -88,3 +88,21 @@ def test_resume_of_a_finished_sweep_says_it_is_complete_and_exits_0(finished_swe
     assert quiet.returncode == 0
     event = json.loads(quiet.stdout.strip().splitlines()[-1])
     assert event["event"] == "complete" and event["counts"]["completed"] == 2 and event["best"]["trial_id"]
+
+
+# ---------------------------------------------------------------- 7. resume --storage OTHER
+
+
+@needs_cifar
+def test_resume_with_another_optuna_storage_is_refused_naming_both(finished_sweep, tmp_path):
+    """Before: the resume silently opened (and created) the other database: an empty study."""
+    rd = copy_of(finished_sweep, tmp_path)
+    before = tree_digest(rd)
+    other = tmp_path / "other.db"
+    err = refused(cli("resume", str(rd), "--storage", f"sqlite:///{other}", *RAY),
+                  f"--storage sqlite:///{other}", f"sqlite:///{rd / 'optuna.db'}", "not this sweep's Optuna storage")
+    assert "empty study" in err
+    assert not other.exists() and tree_digest(rd) == before
+    # the sweep's own storage, spelled relative to another directory, is the same database: accepted
+    same = cli("resume", "copy", "--storage", "sqlite:///copy/optuna.db", *RAY, cwd=tmp_path)
+    assert same.returncode == 0 and "already complete" in same.stdout, (same.stdout, same.stderr[-2000:])

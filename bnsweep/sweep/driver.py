@@ -121,7 +121,7 @@ def resume(run_dir: Path | str | RunDir, *, options: LaunchOptions) -> Outcome:
         if spec.spec_hash() != info.get("spec_hash"):
             raise RunDirError(f"{shown}: changed since the sweep started (spec hash {spec.spec_hash()}, "
                               f"the sweep was started with {info.get('spec_hash')}); restore it or launch anew")
-        options = dataclasses.replace(options, storage=_resume_storage(rd, options, info))
+        options = dataclasses.replace(options, storage=_resume_storage(rd, options, info, spec=spec))
         if options.storage:
             _check_storage(options.storage)
         _check_optuna_storage(rd, _storage_url(rd, options, spec))
@@ -256,16 +256,31 @@ def _check_storage(url: str) -> None:
         raise RunDirError(f"--storage {shown}: cannot open the Optuna storage ({type(e).__name__}: {msg})") from None
 
 
-def _resume_storage(run_dir: RunDir, options: LaunchOptions, info: dict[str, Any]) -> str | None:
+def _resume_storage(run_dir: RunDir, options: LaunchOptions, info: dict[str, Any], *, spec: Any) -> str | None:
     saved = info.get("storage")
     if options.storage:
-        if saved and _redact_url(options.storage) != saved:
-            raise RunDirError(f"--storage {_redact_url(options.storage)}: not this sweep's Optuna storage ({saved})")
-        return options.storage
+        own = saved or spec.storage or default_storage_url(run_dir)  # the storage the sweep was launched with
+        if _same_storage(_redact_url(options.storage), own):
+            return options.storage
+        how = "" if saved or spec.storage else " (the default: the run directory's own)"
+        raise RunDirError(f"--storage {_redact_url(options.storage)}: not this sweep's Optuna storage; it was "
+                          f"launched with {_redact_url(own)}{how}. Resume it without --storage, or with that URL "
+                          "(another storage would start an empty study)")
     if saved and "***@" in saved:
         raise RunDirError(f"{run_dir.uri}: the sweep's Optuna study is in {saved}, whose password is not kept in the "
                           "run directory; pass the full URL again with --storage")
     return saved
+
+
+def _same_storage(a: str, b: str) -> bool:
+    """Whether two (redacted) storage URLs name one database: SQLite files compared by their real path."""
+    def norm(url: str) -> str:
+        if url.startswith("sqlite:///"):
+            path = url.removeprefix("sqlite:///").split("?", 1)[0]
+            with contextlib.suppress(OSError, RuntimeError):
+                return "sqlite:///" + str(Path(path).expanduser().resolve())
+        return url.rstrip("/")
+    return norm(a) == norm(b)
 
 
 def _check_optuna_storage(run_dir: RunDir, url: str) -> None:
