@@ -106,3 +106,37 @@ def test_resume_with_another_optuna_storage_is_refused_naming_both(finished_swee
     # the sweep's own storage, spelled relative to another directory, is the same database: accepted
     same = cli("resume", "copy", "--storage", "sqlite:///copy/optuna.db", *RAY, cwd=tmp_path)
     assert same.returncode == 0 and "already complete" in same.stdout, (same.stdout, same.stderr[-2000:])
+
+
+# ---------------------------------------------------------------- 6. status on damaged records
+
+DAMAGE = {  # name: (file, how), before: a TypeError / ValueError / AttributeError traceback or a silent wrong count
+    "a record without its status": ("record", lambda d: d.pop("status")),  # traceback (sorting None with str)
+    "a record whose config is a string": ("record", lambda d: d.__setitem__("config", "x")),  # traceback
+    "a record whose status is a number": ("record", lambda d: d.__setitem__("status", 3)),  # a status "3"
+    "a record whose accuracy is a string": ("record", lambda d: d.__setitem__("final_val_accuracy", "high")),
+    "a record that is a list": ("record", None),  # the replicate silently missing: "1 configurations"
+    "sweep.json whose metric is a string": ("sweep", lambda d: d.__setitem__("metric", "val_accuracy")),  # traceback
+    "sweep.json whose replicates is a string": ("sweep", lambda d: d.__setitem__("replicates", "two")),
+}
+
+
+@needs_cifar
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_status_of_a_damaged_record_or_sweep_json_is_one_line_naming_the_file(finished_sweep, tmp_path, damage):
+    where, how = DAMAGE[damage]
+    rd = copy_of(finished_sweep, tmp_path)
+    for t in rd.glob("results.*"):
+        t.unlink()  # the tables are rebuilt from the records
+    target = sorted(rd.glob("trials/*/seed-0/result.json"))[0] if where == "record" else rd / "sweep.json"
+    data = json.loads(target.read_text())
+    if how is None:
+        data = [data]
+    else:
+        how(data)
+    target.write_text(json.dumps(data))
+    before = tree_digest(rd)
+    for extra in ((), ("--json",)) if damage == "a record without its status" else ((),):
+        err = refused(cli("status", str(rd), *extra, timeout=60), str(target.relative_to(rd)), "damaged")
+        assert "nothing was changed" in err
+    assert tree_digest(rd) == before
