@@ -43,6 +43,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _data_override(value: str) -> dict[str, Any]:
     p = Path(value).expanduser()
+    try:
+        p.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (Python 3.11: RuntimeError)
+        raise _Bad(f"--data {value}: a symbolic link loop (too many levels of symbolic links); point it at a "
+                   "real .npz file or cifar-10-batches-py directory") from None
     if p.suffix == ".npz":
         return {"data.source": "npz", "data.path": str(p.resolve())}
     if p.is_dir():
@@ -420,6 +425,31 @@ def _holds_sweep(where: str) -> bool:
         return False
 
 
+def _symlink_loop_argument(args: argparse.Namespace) -> str | None:
+    """The first path argument (spec, --data, --run-dir, a run directory, --out) that is, or runs through, a
+    symbolic link loop: named in one line (Path.resolve would raise a RuntimeError deep inside a verb)."""
+    import errno
+
+    from bnsweep.store.fs import is_uri
+
+    for name, flag in (("spec", "spec"), ("data", "--data"), ("run_dir", "--run-dir" if args.verb == "launch"
+                                                                      else "run directory"),
+                       ("run_dirs", "run directory"), ("out", "--out")):
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if not isinstance(v, str) or is_uri(v):
+                continue
+            try:
+                os.stat(os.path.expanduser(v))
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    return (f"{flag} {v}: a symbolic link loop (too many levels of symbolic links); "
+                            "point it at a real file or directory")
+            except ValueError:  # an embedded NUL: the verb names it
+                continue
+    return None
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) if str(e) else type(e).__name__
     return printable(text[:2000])
@@ -456,6 +486,10 @@ def _main(argv: list[str] | None) -> int:
         if value == "" or (isinstance(value, list) and "" in value):
             print(f"bnsweep {args.verb}: {name.replace('_', '-')}: an empty path", file=sys.stderr)
             return EXIT_BAD_INPUT
+    loop = _symlink_loop_argument(args)
+    if loop:
+        print(printable(f"bnsweep {args.verb}: {loop}"), file=sys.stderr)
+        return EXIT_BAD_INPUT
     from bnsweep.base import interrupts
 
     try:  # launch and resume: a Ctrl-C is never lost, nor lands inside Ray's start-up (bnsweep.base.interrupts)

@@ -140,3 +140,35 @@ def test_status_of_a_damaged_record_or_sweep_json_is_one_line_naming_the_file(fi
         err = refused(cli("status", str(rd), *extra, timeout=60), str(target.relative_to(rd)), "damaged")
         assert "nothing was changed" in err
     assert tree_digest(rd) == before
+
+
+# ---------------------------------------------------------------- 5. symbolic link loops
+
+
+def test_symlink_loops_as_data_run_dir_resume_status_or_include_are_one_line_exit_2(tmp_path):
+    """Before: a RuntimeError ("Symlink loop from ...") traceback, exit 1, for each but `plan DIR`."""
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    (tmp_path / "c.npz").symlink_to("d.npz")
+    (tmp_path / "d.npz").symlink_to("c.npz")
+    (tmp_path / "runs").symlink_to("runs")  # the default run directory runs/<name> goes through a loop
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: t\nmethod: random\ntrials: 1\ntracking: {wandb: false}\n"
+                    "fixed: {model: {depth: 8}, epochs: 1, batch_size: 32, steps_per_epoch: 1,\n"
+                    "        lr_schedule: {type: constant},\n"
+                    "        data: {source: synthetic, synthetic_size: 32, val_size: 16}}\n")
+    (tmp_path / "inc.yaml").write_text("name: t\ninclude: a\nmethod: random\ntrials: 1\n")
+    loop, npz = str(tmp_path / "a"), str(tmp_path / "c.npz")
+    cases = [
+        (("plan", str(spec), "--no-probe", "--data", npz), ("--data", npz, "symbolic link loop")),
+        (("plan", str(spec), "--no-probe", "--data", loop), ("--data", loop, "symbolic link loop")),
+        (("launch", str(spec), "--data", npz, *RAY), ("--data", npz, "symbolic link loop")),
+        (("launch", str(spec), "--run-dir", f"{loop}/run", *RAY), ("--run-dir", loop, "symbolic link loop")),
+        (("launch", str(spec), *RAY), ("runs/t", "symbolic link loop")),
+        (("resume", loop, *RAY), (loop, "symbolic link loop")),
+        (("status", loop), (loop, "symbolic link loop")),
+        (("plan", str(tmp_path / "inc.yaml"), "--no-probe"), ("inc.yaml:2 include", "symbolic link loop")),
+    ]
+    for argv, parts in cases:
+        refused(cli(*argv, cwd=tmp_path, timeout=120), *parts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c.npz", "d.npz", "inc.yaml", "runs", "s.yaml"]

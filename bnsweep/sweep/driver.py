@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -57,6 +58,13 @@ def open_run_dir(location: str | os.PathLike[str] | RunDir) -> RunDir:
         return RunDir(location)
     except LocationError as e:
         raise RunDirError(str(e)) from None
+    except (OSError, RuntimeError) as e:  # a symbolic link loop on the way (Path.resolve: RuntimeError in 3.11)
+        if isinstance(e, OSError) and e.errno != errno.ELOOP and "loop" not in str(e).lower():
+            raise
+        if isinstance(e, RuntimeError) and "loop" not in str(e).lower():
+            raise
+        raise RunDirError(f"{location}: a symbolic link loop (too many levels of symbolic links) on the way to the "
+                          "run directory; point it at a real directory") from None
 
 
 def launch(spec: Any, *, options: LaunchOptions, overrides: dict[str, Any] | None = None) -> Outcome:
