@@ -172,3 +172,44 @@ def test_symlink_loops_as_data_run_dir_resume_status_or_include_are_one_line_exi
     for argv, parts in cases:
         refused(cli(*argv, cwd=tmp_path, timeout=120), *parts)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c.npz", "d.npz", "inc.yaml", "runs", "s.yaml"]
+
+
+# ---------------------------------------------------------------- 4. labels and data checked before launch
+
+SEARCHED_DATA = """\
+name: ds
+method: grid
+replicates: 1
+tracking: {wandb: false}
+fixed: {model: {depth: 8}, epochs: 1, batch_size: 32, steps_per_epoch: 1, lr_schedule: {type: constant},
+        data: {val_size: 100, test_size: 100}}
+parameters:
+  data.train_size: {values: [300, 400]}
+"""
+
+
+@needs_cifar
+def test_labels_beyond_num_classes_and_bad_data_of_a_data_search_are_refused_before_launch(tmp_path):
+    """Before: every trial failed (exit 3 after Ray started), and plan said nothing or assumed 50,000 images."""
+    import numpy as np
+
+    qs = str(ROOT / "sweeps" / "quickstart.yaml")
+    run = tmp_path / "run"
+    for verb in ("launch", "plan"):
+        extra = ("--run-dir", str(run), *RAY) if verb == "launch" else ("--no-probe",)
+        refused(cli(verb, qs, "--data", str(CIFAR), "--set", "model.num_classes=5", *extra),
+                "model.num_classes: 5", str(CIFAR), "labels 0..9", "at least 10")
+    spec = tmp_path / "ds.yaml"
+    spec.write_text(SEARCHED_DATA)
+    f32 = tmp_path / "f32.npz"
+    np.savez(f32, x_train=np.zeros((400, 32, 32, 3), np.float32), y_train=np.zeros(400, np.int64))
+    for data, parts in ((tmp_path / "missing.npz", ("missing.npz", "no such file")),
+                        (f32, ("f32.npz", "uint8", "float32"))):
+        for verb in ("launch", "plan"):
+            extra = ("--run-dir", str(run), *RAY) if verb == "launch" else ("--no-probe",)
+            refused(cli(verb, str(spec), "--data", str(data), *extra), *parts)
+    assert not run.exists()
+    ok = cli("plan", qs, "--data", str(CIFAR), "--no-probe")  # the real image counts, not an assumed 50,000
+    assert ok.returncode == 0, ok.stderr
+    assert "5,085 training images" in ok.stdout and "3,000 training + 1,000 validation" in ok.stdout, ok.stdout
+    assert "assuming" in cli("plan", qs, "--no-probe").stdout  # the official set without a local copy: said so

@@ -236,13 +236,80 @@ def _remove_if_empty(run_dir: Path) -> None:
 
 
 def _load_fixed_data(spec: Any) -> Any:
-    """The sweep's data, loaded once (None when trials search over data settings: each loads its own)."""
-    from bnsweep.engine.data import load_data
+    """The sweep's data, loaded once (None when trials search over data settings: each loads its own, and
+    the sources they would open are checked here instead). Either way the labels must fit
+    ``model.num_classes`` (a ``DataError`` naming the key and the labels found)."""
+    import numpy as np
+
+    from bnsweep.engine.data import check_num_classes, load_data
     from bnsweep.spec.config import TrialConfig
 
+    base = TrialConfig.from_dict(spec.base_trial_config())
     if not _data_is_fixed(spec):
+        check_searched_data(spec, base)
         return None
-    return load_data(TrialConfig.from_dict(spec.base_trial_config()).data)
+    data = load_data(base.data)
+    labels = np.unique(np.concatenate([y for y in (data.y_train, data.y_val, data.y_test) if y is not None]))
+    for n in _param_values(spec, "model.num_classes", base.model.num_classes):
+        check_num_classes(labels, int(n), where=data_where(base.data))
+    return data
+
+
+def _param_values(spec: Any, key: str, default: Any) -> list[Any]:
+    """The values a plainly searched key takes (``values:`` or a constant), else ``[default]``."""
+    from bnsweep.spec.sections import Constant, Values
+
+    p = spec.parameters.get(key)
+    if isinstance(p, Values):
+        return list(p.values)
+    if isinstance(p, Constant):
+        return [p.value]
+    return [default]
+
+
+def data_where(cfg: Any) -> str:
+    """How a data config's source is named in a message (its file, else the source kind)."""
+    from bnsweep.engine.data import DATA_ENV
+
+    local = cfg.path or (os.environ.get(DATA_ENV) if cfg.source == "cifar10" else None)
+    return str(local) if local else f"data.source {cfg.source}"
+
+
+def check_searched_data(spec: Any, base: Any) -> None:
+    """A sweep whose trials search over ``data.*`` loads no data before launch: each source its trials would
+    open (``data.path``/``data.source`` values included) is opened and checked now — it exists, is a readable
+    npz or CIFAR directory of uint8 images with labels, its labels fit ``model.num_classes`` and it has the
+    searched ``data.train_size`` values — so a bad ``--data`` is one line before launch, not every trial
+    failing."""
+    from bnsweep.engine.data import DataError, check_num_classes, inspect_data
+    from bnsweep.spec.errors import ConfigError
+
+    configs = [base]
+    for key in ("data.path", "data.source", "data.test_path"):
+        values = _param_values(spec, key, None)
+        if values != [None]:
+            out = []
+            for cfg in configs:
+                for v in values:
+                    with contextlib.suppress(ConfigError, ValueError):  # (a combination no trial has)
+                        out.append(cfg.replace(**{key: v}))
+            configs = out or configs
+    seen: set[str] = set()
+    for cfg in configs:
+        key = json.dumps(cfg.data.model_dump(), sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        summary = inspect_data(cfg.data)
+        if summary is None:
+            continue
+        where = data_where(cfg.data)
+        for n in _param_values(spec, "model.num_classes", cfg.model.num_classes):
+            check_num_classes(summary.labels, int(n), where=where)
+        for size in _param_values(spec, "data.train_size", cfg.data.train_size):
+            if size is not None and cfg.data.source != "synthetic" and int(size) > summary.train_images:
+                raise DataError(f"data.train_size: {size} requested, {where} has {summary.train_images} "
+                                "training images")
 
 
 def _check_storage(url: str) -> None:
