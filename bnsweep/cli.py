@@ -450,6 +450,13 @@ def _symlink_loop_argument(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _sweep_stopped() -> type[Exception]:
+    """A sweep stopped half way by a fault of the machine (disk full, I/O error): exit 3, one line."""
+    from bnsweep.sweep.driver import SweepStopped
+
+    return SweepStopped
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) if str(e) else type(e).__name__
     return printable(text[:2000])
@@ -509,6 +516,9 @@ def _main(argv: list[str] | None) -> int:
         where = getattr(args, "spec", None) or getattr(args, "run_dir", None) or ""
         print(f"bnsweep {args.verb}: {printable(str(where))}: invalid YAML ({_one_line(e)})", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except _sweep_stopped() as e:  # (evaluated only when an exception gets here: no import before)
+        print(f"bnsweep {args.verb}: {_one_line(e)}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     except OSError as e:  # a path that cannot be read or written (missing, permissions, disk full)
         if isinstance(e, BrokenPipeError):
             return _broken_pipe()

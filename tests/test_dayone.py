@@ -213,3 +213,50 @@ def test_labels_beyond_num_classes_and_bad_data_of_a_data_search_are_refused_bef
     assert ok.returncode == 0, ok.stderr
     assert "5,085 training images" in ok.stdout and "3,000 training + 1,000 validation" in ok.stdout, ok.stdout
     assert "assuming" in cli("plan", qs, "--no-probe").stdout  # the official set without a local copy: said so
+
+
+# ---------------------------------------------------------------- 2. disk full
+
+SYNTHETIC = """\
+name: full
+method: grid
+replicates: 1
+tracking: {wandb: false}
+fixed: {model: {depth: 8}, epochs: 1, batch_size: 32, steps_per_epoch: 1, lr_schedule: {type: constant},
+        data: {source: synthetic, synthetic_size: 64, val_size: 32, test_size: 32}}
+parameters:
+  lr: {values: [0.1, 0.05]}
+"""
+
+
+def in_tmpfs(mnt: Path, size: str, script: str, *, extra_env: dict[str, str] | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``script`` (bash) in a private mount namespace where ``mnt`` is a tmpfs of ``size``; skips the test where
+    this machine does not allow it (not root, no user namespaces)."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "-o",
+                            "size=16k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {probe.stderr.strip()[:200]}")
+    full = f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 99\n{script}"
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", full],
+                          capture_output=True, text=True, timeout=timeout, env={**env(), **(extra_env or {})})
+
+
+def test_a_near_full_disk_at_launch_is_one_line_and_leaves_no_half_written_study(tmp_path):
+    """Before: a SQLAlchemy "database or disk is full" traceback (exit 1) and a half-written optuna.db left."""
+    spec = tmp_path / "full.yaml"
+    spec.write_text(SYNTHETIC)
+    mnt = tmp_path / "mnt"
+    launch = f"{sys.executable} -m bnsweep launch {spec} --run-dir {mnt}/run {' '.join(RAY)}"
+    after = f"; rc=$?; ls -A {mnt}; exit $rc"
+    # the free-space check: refused before anything is written
+    res = in_tmpfs(mnt, "64k", launch + after)
+    err = refused(subprocess.CompletedProcess(res.args, res.returncode, "", res.stderr), "MiB free", "--run-dir")
+    assert "at least 64 MiB" in err and res.stdout.strip() == "", res.stdout
+    # below the check (BNSWEEP_MIN_FREE_MB=0): Optuna's SQLite study cannot be created: one line, and no optuna.db
+    for size in ("8k", "64k"):
+        res = in_tmpfs(mnt, size, launch + after, extra_env={"BNSWEEP_MIN_FREE_MB": "0"})
+        refused(subprocess.CompletedProcess(res.args, res.returncode, "", res.stderr), "no space left on device",
+                "nothing was started")
+        assert res.stdout.strip() == "", res.stdout  # the run directory is gone: no optuna.db, nothing

@@ -75,7 +75,9 @@ def launch(spec: Any, *, options: LaunchOptions, overrides: dict[str, Any] | Non
     rd = open_run_dir(options.run_dir or default_run_dir(spec))
     rd.check_reachable()
     _refuse_if_holds_sweep(rd)
+    check_free_space(rd)
     created = not rd.local.exists()
+    db_was_there = rd.optuna_db.exists()
     try:
         with lock_for(rd):
             _refuse_if_holds_sweep(rd)  # again, now that no other driver can be writing it
@@ -88,11 +90,18 @@ def launch(spec: Any, *, options: LaunchOptions, overrides: dict[str, Any] | Non
             if options.storage or spec.storage:
                 _check_storage(storage_url)
             data = _load_fixed_data(spec)
-            return _run(rd, spec, options=options, restore=False, data=data,
-                        before_tuner=lambda: _write_run_files(rd, spec, overrides or {}, options))
+            return _stopped_by_environment(rd, lambda: _run(
+                rd, spec, options=options, restore=False, data=data,
+                before_tuner=lambda: _write_run_files(rd, spec, overrides or {}, options)))
     finally:
-        if created and not rd.sweep_json.exists():
-            _remove_if_empty(rd.local)
+        if not rd.sweep_json.exists():  # nothing started: no half-written Optuna study left behind either
+            if not db_was_there:
+                for p in (rd.optuna_db, *(rd.optuna_db.with_name(rd.optuna_db.name + x) for x in ("-journal", "-wal",
+                                                                                                 "-shm"))):
+                    with contextlib.suppress(OSError):
+                        p.unlink(missing_ok=True)
+            if created:
+                _remove_if_empty(rd.local)
 
 
 def resume(run_dir: Path | str | RunDir, *, options: LaunchOptions) -> Outcome:
@@ -136,9 +145,97 @@ def resume(run_dir: Path | str | RunDir, *, options: LaunchOptions) -> Outcome:
         done = _already_complete(rd, spec)
         if done is not None:  # nothing to run: no Ray, nothing written
             return _report_complete(rd, spec, options=options, counts=done)
+        check_free_space(rd)
         # last: it may repair a torn snapshot (a local run directory; a store's objects are whole)
-        restore = check_ray_storage(rd) if rd.is_remote else check_ray_state(rd.local)
-        return _run(rd, spec, options=options, restore=restore)
+        restore = check_ray_state_for_resume(rd)
+        return _stopped_by_environment(rd, lambda: _run(rd, spec, options=options, restore=restore))
+
+
+def check_ray_state_for_resume(rd: RunDir) -> bool:
+    """Ray's state checked (and repaired), and replicates that failed for a fault of the machine (disk full,
+    I/O error) made to run again: their ``failed`` records are set aside (``result.environment-fault-N.json``,
+    kept), so the trial restored by Ray trains them on from their last checkpoint."""
+    restore = check_ray_storage(rd) if rd.is_remote else check_ray_state(rd.local)
+    if restore and not rd.is_remote:
+        retry_environment_failures(rd)
+    return restore
+
+
+def retry_environment_failures(rd: RunDir) -> int:
+    """Set aside the ``failed`` records whose reason is a fault of the environment (``environment_fault``);
+    returns how many. A record of a code failure stays: that trial failed for a reason of its own."""
+    from bnsweep.base.atomic import environment_fault
+
+    moved = 0
+    for p in sorted(rd.trials_dir.glob("*/seed-*/result.json")) if rd.trials_dir.is_dir() else []:
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(rec, dict) or rec.get("status") != "failed" or not environment_fault(str(rec.get("reason"))):
+            continue
+        n = 1
+        while p.with_name(f"result.environment-fault-{n}.json").exists():
+            n += 1
+        os.replace(p, p.with_name(f"result.environment-fault-{n}.json"))
+        moved += 1
+    if moved:
+        print(f"note: {moved} replicate(s) failed for a fault of the machine (disk full, I/O error): run again",
+              file=sys.stderr)
+    return moved
+
+
+MIN_FREE_BYTES = 64 << 20  # records, checkpoints, the Optuna study, Ray's state of a small sweep
+MIN_FREE_ENV = "BNSWEEP_MIN_FREE_MB"  # another minimum, in MiB (0: no check)
+
+
+def check_free_space(rd: RunDir) -> None:
+    """The run directory's filesystem (its local copy, for a URI) needs ``MIN_FREE_BYTES`` free: a near-full
+    disk is one line before anything is written (``RunDirError``), not a failure half way through."""
+    import shutil
+
+    where = rd.local
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    need = MIN_FREE_BYTES
+    with contextlib.suppress(ValueError):
+        need = int(float(os.environ.get(MIN_FREE_ENV, MIN_FREE_BYTES >> 20)) * 2**20)
+    if free < need:
+        shown = rd.uri if rd.is_remote else _rel(rd.local)
+        raise RunDirError(f"{shown}: only {free / 2**20:.1f} MiB free on its filesystem ({where}); a sweep needs at "
+                          f"least {need / 2**20:g} MiB there (records, checkpoints, the Optuna study; "
+                          f"${MIN_FREE_ENV} sets it): free some space or choose another --run-dir")
+
+
+class SweepStopped(Exception):
+    """The sweep stopped half way for a fault of the machine (disk full, I/O error): one line, exit 3; what
+    finished is kept and ``bnsweep resume`` carries on (failed replicates run again) once it is fixed."""
+
+
+def _stopped_by_environment(rd: RunDir, run: Any) -> Outcome:
+    """``run()``; a fault of the machine escaping it is ``SweepStopped`` (or, before the sweep's files were
+    written, a ``RunDirError``: nothing started), never a library traceback."""
+    from bnsweep.base.atomic import environment_fault
+
+    try:
+        return run()  # type: ignore[no-any-return]
+    except (RunDirError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        fault = environment_fault(e)
+        if fault is None:
+            raise
+        shown = rd.uri if rd.is_remote else _rel(rd.local)
+        first = " ".join(str(e).split())[:200] or type(e).__name__
+        if not rd.sweep_json.exists():
+            raise RunDirError(f"{shown}: {fault} ({type(e).__name__}: {first}); nothing was started: free some "
+                              "space (or fix the disk) and launch again") from None
+        raise SweepStopped(f"{shown}: the sweep stopped: {fault} ({type(e).__name__}: {first}); what finished is "
+                           f"kept: free some space (or fix the disk), then `bnsweep resume {shown}`") from None
 
 
 COMPLETE_STATUSES = ("completed", "pruned", "diverged")
@@ -545,9 +642,17 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
         _log_summary(rd, spec)
     counts = _counts(table, total=n) if table is not None else monitor.counts()
     outcome = Outcome(run_dir=rd.uri if rd.is_remote else rd.local, finished=finished, counts=counts,
-                      best=monitor.best())
+                      best=_final_best(table, spec, monitor))
     monitor.close(outcome)
     return outcome
+
+
+def _final_best(table: Any, spec: Any, monitor: Any) -> dict[str, Any] | None:
+    """The sweep's best configuration for its summary, from the results table: a failed, lost or running one
+    is never named (the monitor's live best follows every reported epoch, a failing trial's included)."""
+    if table is None:
+        return None
+    return best_of_table(table, metric=spec.metric.name, mode=spec.metric.mode)
 
 
 def _check_cluster(rd: RunDir, spec: Any, options: LaunchOptions) -> None:
