@@ -271,6 +271,7 @@ def _report_complete(rd: RunDir, spec: Any, *, options: LaunchOptions, counts: d
     from bnsweep.store.table import load_results
 
     shown = rd.uri if rd.is_remote else _rel(rd.local)
+    _finish_bookkeeping(rd, spec, options)
     best = best_of_table(load_results(rd.local), metric=spec.metric.name, mode=spec.metric.mode)
     if options.quiet:
         print(json.dumps({"event": "complete", "counts": counts, "best": best, "run_dir": shown}, default=str),
@@ -280,6 +281,38 @@ def _report_complete(rd: RunDir, spec: Any, *, options: LaunchOptions, counts: d
         print(f"sweep {spec.name!r} in {shown} is already complete ({counts['total']} configurations: {what}); "
               f"nothing to resume. See `bnsweep status {shown}`", flush=True)
     return Outcome(run_dir=rd.uri if rd.is_remote else rd.local, finished=True, counts=counts, best=best)
+
+
+def _finish_bookkeeping(rd: RunDir, spec: Any, options: LaunchOptions) -> None:
+    """What a driver killed at the very end of a complete sweep may have left undone: the results tables
+    (rewritten only when older than the newest record, or missing) and Optuna trials left RUNNING (told FAIL).
+    A finished sweep whose driver ended normally is left byte for byte as it is."""
+    from bnsweep.store.table import write_results_table
+
+    records = list(rd.trials_dir.glob("*/seed-*/result.json")) if rd.trials_dir.is_dir() else []
+    newest = max((p.stat().st_mtime for p in records), default=0.0)
+    tables = rd.table_files()
+    if any(not t.exists() or t.stat().st_mtime < newest for t in tables):
+        write_results_table(rd.local)
+        rd.push(rd.table_files())
+    url = _storage_url(rd, options, spec)
+    with contextlib.suppress(Exception):
+        if _running_optuna_trials(url):
+            fail_stale_optuna_trials(url)
+            publish_optuna_db(rd, url)
+
+
+def _running_optuna_trials(url: str) -> int:
+    import optuna
+
+    from bnsweep.sweep.searcher import optuna_storage_kwargs
+
+    storage = optuna.storages.RDBStorage(url, **optuna_storage_kwargs(url))
+    n = 0
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        n += len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    return n
 
 
 def best_of_table(table: Any, *, metric: str, mode: str) -> dict[str, Any] | None:
