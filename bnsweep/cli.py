@@ -11,7 +11,9 @@ filesystem (credentials and endpoints from the usual environment variables, e.g.
 Exit status of ``launch`` and ``resume``: 0 the sweep finished and every configuration completed,
 was pruned or diverged; 3 it finished, but some work failed (a trial's code raised after its retries,
 or Ray gave up on it) or was lost (a replicate of which neither a record nor a checkpoint could be
-found): ``bnsweep status RUN_DIR`` lists them; 2 bad input; 130 Ctrl-C; 143 SIGTERM (resume then).
+found): ``bnsweep status RUN_DIR`` lists them; 3 too when a fault of the machine (disk full, I/O error)
+stopped it half way (resume once fixed); 2 bad input (a run directory with too little free space
+included); 130 Ctrl-C; 143 SIGTERM (resume then). ``resume`` of a sweep that already completed: 0.
 
 >>> main(["plan", "no/such/spec.yaml"])  # doctest: +SKIP
 no/such/spec.yaml: no such file

@@ -260,3 +260,54 @@ def test_a_near_full_disk_at_launch_is_one_line_and_leaves_no_half_written_study
         refused(subprocess.CompletedProcess(res.args, res.returncode, "", res.stderr), "no space left on device",
                 "nothing was started")
         assert res.stdout.strip() == "", res.stdout  # the run directory is gone: no optuna.db, nothing
+
+
+FILL_SPEC = """\
+name: enospc
+method: grid
+replicates: 1
+max_concurrent: 1
+retries: 0
+tracking: {wandb: false}
+fixed: {model: {depth: 8}, epochs: 2, batch_size: 32, steps_per_epoch: 1, lr_schedule: {type: constant}, regime: bn,
+        data: {source: synthetic, synthetic_size: 64, val_size: 32, test_size: 32}}
+parameters:
+  lr: {values: [0.1, 0.05, 0.02]}
+"""
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_sweep_stops_it_with_exit_3_and_resume_retries_the_failed_trials(tmp_path):
+    """The run directory on a 100 MB tmpfs, filled once the first trial's record is written (the second trial
+    sleeps 10 s in its first epoch, so the fill lands while it trains); then freed and resumed.
+    Before: the driver died with Optuna's StorageInternalError traceback (exit 1)."""
+    spec = tmp_path / "enospc.yaml"
+    spec.write_text(FILL_SPEC)
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"faults": [{"lr": 0.05, "epoch": 1, "sleep": 10}]}))
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    out.mkdir()
+    py = f"{sys.executable} -m bnsweep"
+    script = f"""
+{py} launch {spec} --run-dir {mnt}/run --quiet {' '.join(RAY)} > {out}/launch.out 2> {out}/launch.err &
+pid=$!
+until ls {mnt}/run/trials/*/seed-0/result.json > /dev/null 2>&1; do sleep 0.2; done
+dd if=/dev/zero of={mnt}/filler bs=1M 2> /dev/null
+wait $pid; echo $? > {out}/launch.rc
+rm {mnt}/filler
+{py} resume {mnt}/run --quiet {' '.join(RAY)} > {out}/resume.out 2> {out}/resume.err; echo $? > {out}/resume.rc
+{py} status {mnt}/run --json > {out}/status.json 2> {out}/status.err
+"""
+    res = in_tmpfs(mnt, "100m", script, extra_env={"BNSWEEP_TEST_FAULTS": str(faults)}, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    launch_err = (out / "launch.err").read_text()
+    assert (out / "launch.rc").read_text().strip() == "3", launch_err[-3000:]
+    last = launch_err.strip().splitlines()[-1]
+    assert last.startswith("bnsweep launch:") and "no space left on device" in last and "bnsweep resume" in last
+    assert (out / "resume.rc").read_text().strip() == "0", (out / "resume.err").read_text()[-3000:]
+    assert "Traceback" not in (out / "resume.err").read_text()
+    status = json.loads((out / "status.json").read_text())
+    rows = [(t["trial_id"], t["status"], t.get("lr")) for t in status["trials"]]
+    assert status["counts"] == {"completed": 3}, rows
+    assert sorted(round(float(t["lr"]), 4) for t in status["trials"]) == [0.02, 0.05, 0.1], rows  # each point once
+    assert status["best"]["status"] == "completed"
