@@ -518,9 +518,6 @@ def _main(argv: list[str] | None) -> int:
         where = getattr(args, "spec", None) or getattr(args, "run_dir", None) or ""
         print(f"bnsweep {args.verb}: {printable(str(where))}: invalid YAML ({_one_line(e)})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except _sweep_stopped() as e:  # (evaluated only when an exception gets here: no import before)
-        print(f"bnsweep {args.verb}: {_one_line(e)}", file=sys.stderr)
-        return EXIT_INCOMPLETE
     except OSError as e:  # a path that cannot be read or written (missing, permissions, disk full)
         if isinstance(e, BrokenPipeError):
             return _broken_pipe()
@@ -538,3 +535,6 @@ def _main(argv: list[str] | None) -> int:
         else:
             print(f"\n{what}.", file=sys.stderr)
         return EXIT_TERMINATED if interrupts.terminated() else EXIT_INTERRUPTED
+    except _sweep_stopped() as e:  # (evaluated only when an exception no clause above took gets here)
+        print(f"bnsweep {args.verb}: {_one_line(e)}", file=sys.stderr)
+        return EXIT_INCOMPLETE
