@@ -108,13 +108,13 @@ def _train_images(spec: Any) -> tuple[int, int, str]:
     its 50,000 training images are assumed, and said to be."""
     from bnsweep.engine.data import check_num_classes, inspect_data
     from bnsweep.spec.config import TrialConfig
-    from bnsweep.sweep.driver import _param_values, check_searched_data, data_where
+    from bnsweep.sweep.driver import _param_values, check_searched_data, data_where, sources_searched
 
     base = TrialConfig.from_dict(spec.base_trial_config())
     cfg = base.data
     if any(k == "data" or k.startswith("data.") for k in spec.parameters):
         check_searched_data(spec, base)
-    summary = inspect_data(cfg)
+    summary = None if sources_searched(spec) else inspect_data(cfg)
     if summary is not None:
         for n_classes in _param_values(spec, "model.num_classes", base.model.num_classes):
             check_num_classes(summary.labels, int(n_classes), where=data_where(cfg))

@@ -374,10 +374,11 @@ def _load_fixed_data(spec: Any) -> Any:
     from bnsweep.engine.data import check_num_classes, load_data
     from bnsweep.spec.config import TrialConfig
 
-    base = TrialConfig.from_dict(spec.base_trial_config())
     if not _data_is_fixed(spec):
-        check_searched_data(spec, base)
+        if not sources_searched(spec):  # (searched sources: the base config may name none)
+            check_searched_data(spec, TrialConfig.from_dict(spec.base_trial_config()))
         return None
+    base = TrialConfig.from_dict(spec.base_trial_config())
     data = load_data(base.data)
     labels = np.unique(np.concatenate([y for y in (data.y_train, data.y_val, data.y_test) if y is not None]))
     for n in _param_values(spec, "model.num_classes", base.model.num_classes):
@@ -406,40 +407,29 @@ def data_where(cfg: Any) -> str:
 
 
 def check_searched_data(spec: Any, base: Any) -> None:
-    """A sweep whose trials search over ``data.*`` loads no data before launch: each source its trials would
-    open (``data.path``/``data.source`` values included) is opened and checked now — it exists, is a readable
+    """A sweep whose trials search over ``data.*`` settings loads no data before launch: the one source every
+    trial would open (``--data``, the spec's ``data.path``) is opened and checked now — it exists, is a readable
     npz or CIFAR directory of uint8 images with labels, its labels fit ``model.num_classes`` and it has the
     searched ``data.train_size`` values — so a bad ``--data`` is one line before launch, not every trial
-    failing."""
+    failing. A search over the sources themselves (``data.path`` values) is left to its trials."""
     from bnsweep.engine.data import DataError, check_num_classes, inspect_data
-    from bnsweep.spec.errors import ConfigError
 
-    configs = [base]
-    for key in ("data.path", "data.source", "data.test_path"):
-        values = _param_values(spec, key, None)
-        if values != [None]:
-            out = []
-            for cfg in configs:
-                for v in values:
-                    with contextlib.suppress(ConfigError, ValueError):  # (a combination no trial has)
-                        out.append(cfg.replace(**{key: v}))
-            configs = out or configs
-    seen: set[str] = set()
-    for cfg in configs:
-        key = json.dumps(cfg.data.model_dump(), sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        summary = inspect_data(cfg.data)
-        if summary is None:
-            continue
-        where = data_where(cfg.data)
-        for n in _param_values(spec, "model.num_classes", cfg.model.num_classes):
-            check_num_classes(summary.labels, int(n), where=where)
-        for size in _param_values(spec, "data.train_size", cfg.data.train_size):
-            if size is not None and cfg.data.source != "synthetic" and int(size) > summary.train_images:
-                raise DataError(f"data.train_size: {size} requested, {where} has {summary.train_images} "
-                                "training images")
+    if sources_searched(spec):
+        return  # each trial opens its own (one bad value fails its own trials, recorded as failed)
+    summary = inspect_data(base.data)
+    if summary is None:
+        return
+    where = data_where(base.data)
+    for n in _param_values(spec, "model.num_classes", base.model.num_classes):
+        check_num_classes(summary.labels, int(n), where=where)
+    for size in _param_values(spec, "data.train_size", base.data.train_size):
+        if size is not None and base.data.source != "synthetic" and int(size) > summary.train_images:
+            raise DataError(f"data.train_size: {size} requested, {where} has {summary.train_images} training images")
+
+
+def sources_searched(spec: Any) -> bool:
+    """Whether the sweep searches over the data sources themselves (``data.path`` values, ...)."""
+    return any(k in spec.parameters for k in ("data", "data.path", "data.source", "data.test_path"))
 
 
 def _check_storage(url: str) -> None:
