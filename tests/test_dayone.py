@@ -87,7 +87,8 @@ def test_resume_of_a_finished_sweep_says_it_is_complete_and_exits_0(finished_swe
     quiet = cli("resume", str(rd), "--quiet", *RAY)
     assert quiet.returncode == 0
     event = json.loads(quiet.stdout.strip().splitlines()[-1])
-    assert event["event"] == "complete" and event["counts"]["completed"] == 2 and event["best"]["trial_id"]
+    assert event["event"] == "finished" and event["already_complete"] is True
+    assert event["counts"]["completed"] == 2 and event["best"]["trial_id"]
 
 
 # ---------------------------------------------------------------- 7. resume --storage OTHER

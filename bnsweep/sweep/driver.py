@@ -143,7 +143,10 @@ def resume(run_dir: Path | str | RunDir, *, options: LaunchOptions) -> Outcome:
             _check_storage(options.storage)
         _check_optuna_storage(rd, _storage_url(rd, options, spec))
         done = _already_complete(rd, spec)
-        if done is not None:  # nothing to run: no Ray, nothing written
+        if done is not None:  # nothing to run: no Ray started; only a torn Ray snapshot is repaired
+            if not rd.is_remote:
+                with contextlib.suppress(RunDirError):
+                    check_ray_state(rd.local)
             return _report_complete(rd, spec, options=options, counts=done)
         check_free_space(rd)
         # last: it may repair a torn snapshot (a local run directory; a store's objects are whole)
@@ -255,10 +258,13 @@ def _already_complete(rd: RunDir, spec: Any) -> dict[str, int] | None:
     n = count_configurations(spec)
     if not len(table):
         return None
+    # without early stopping a "pruned" record is a trial Ray stopped on the way out (Ctrl-C, a kill at the end):
+    # not an end, the restored trial carries on
+    ends = COMPLETE_STATUSES if spec.scheduler.type != "none" else ("completed", "diverged")
     ended = 0
     for _, statuses in table.groupby("trial_id")["status"]:
         got = list(statuses)
-        if len(got) < spec.replicates or any(s not in COMPLETE_STATUSES for s in got):
+        if len(got) < spec.replicates or any(s not in ends for s in got):
             return None
         ended += 1
     if ended < n:
@@ -267,15 +273,16 @@ def _already_complete(rd: RunDir, spec: Any) -> dict[str, int] | None:
 
 
 def _report_complete(rd: RunDir, spec: Any, *, options: LaunchOptions, counts: dict[str, int]) -> Outcome:
-    """``resume`` of a sweep that already finished: say so (one line, or one JSON event) and change nothing."""
+    """``resume`` of a sweep that already finished: say so (one line, or the ``finished`` JSON event with
+    ``already_complete``) and change nothing."""
     from bnsweep.store.table import load_results
 
     shown = rd.uri if rd.is_remote else _rel(rd.local)
     _finish_bookkeeping(rd, spec, options)
     best = best_of_table(load_results(rd.local), metric=spec.metric.name, mode=spec.metric.mode)
     if options.quiet:
-        print(json.dumps({"event": "complete", "counts": counts, "best": best, "run_dir": shown}, default=str),
-              flush=True)
+        print(json.dumps({"event": "finished", "already_complete": True, "counts": counts, "best": best,
+                          "run_dir": shown}, default=str), flush=True)
     else:
         what = ", ".join(f"{counts[k]} {k}" for k in COMPLETE_STATUSES if counts.get(k))
         print(f"sweep {spec.name!r} in {shown} is already complete ({counts['total']} configurations: {what}); "
