@@ -11,7 +11,9 @@ filesystem (credentials and endpoints from the usual environment variables, e.g.
 Exit status of ``launch`` and ``resume``: 0 the sweep finished and every configuration completed,
 was pruned or diverged; 3 it finished, but some work failed (a trial's code raised after its retries,
 or Ray gave up on it) or was lost (a replicate of which neither a record nor a checkpoint could be
-found): ``bnsweep status RUN_DIR`` lists them; 2 bad input; 130 Ctrl-C; 143 SIGTERM (resume then).
+found): ``bnsweep status RUN_DIR`` lists them; 3 too when a fault of the machine (disk full, I/O error)
+stopped it half way (resume once fixed); 2 bad input (a run directory with too little free space
+included); 130 Ctrl-C; 143 SIGTERM (resume then). ``resume`` of a sweep that already completed: 0.
 
 >>> main(["plan", "no/such/spec.yaml"])  # doctest: +SKIP
 no/such/spec.yaml: no such file
@@ -43,6 +45,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _data_override(value: str) -> dict[str, Any]:
     p = Path(value).expanduser()
+    try:
+        p.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (Python 3.11: RuntimeError)
+        raise _Bad(f"--data {value}: a symbolic link loop (too many levels of symbolic links); point it at a "
+                   "real .npz file or cifar-10-batches-py directory") from None
     if p.suffix == ".npz":
         return {"data.source": "npz", "data.path": str(p.resolve())}
     if p.is_dir():
@@ -423,6 +430,38 @@ def _holds_sweep(where: str) -> bool:
         return False
 
 
+def _symlink_loop_argument(args: argparse.Namespace) -> str | None:
+    """The first path argument (spec, --data, --run-dir, a run directory, --out) that is, or runs through, a
+    symbolic link loop: named in one line (Path.resolve would raise a RuntimeError deep inside a verb)."""
+    import errno
+
+    from bnsweep.store.fs import is_uri
+
+    for name, flag in (("spec", "spec"), ("data", "--data"), ("run_dir", "--run-dir" if args.verb == "launch"
+                                                                      else "run directory"),
+                       ("run_dirs", "run directory"), ("out", "--out")):
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if not isinstance(v, str) or is_uri(v):
+                continue
+            try:
+                os.stat(os.path.expanduser(v))
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    return (f"{flag} {v}: a symbolic link loop (too many levels of symbolic links); "
+                            "point it at a real file or directory")
+            except ValueError:  # an embedded NUL: the verb names it
+                continue
+    return None
+
+
+def _sweep_stopped() -> type[Exception]:
+    """A sweep stopped half way by a fault of the machine (disk full, I/O error): exit 3, one line."""
+    from bnsweep.sweep.driver import SweepStopped
+
+    return SweepStopped
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) if str(e) else type(e).__name__
     return printable(text[:2000])
@@ -459,6 +498,10 @@ def _main(argv: list[str] | None) -> int:
         if value == "" or (isinstance(value, list) and "" in value):
             print(f"bnsweep {args.verb}: {name.replace('_', '-')}: an empty path", file=sys.stderr)
             return EXIT_BAD_INPUT
+    loop = _symlink_loop_argument(args)
+    if loop:
+        print(printable(f"bnsweep {args.verb}: {loop}"), file=sys.stderr)
+        return EXIT_BAD_INPUT
     from bnsweep.base import interrupts
 
     try:  # launch and resume: a Ctrl-C is never lost, nor lands inside Ray's start-up (bnsweep.base.interrupts)
@@ -495,3 +538,6 @@ def _main(argv: list[str] | None) -> int:
         else:
             print(f"\n{what}.", file=sys.stderr)
         return EXIT_TERMINATED if interrupts.terminated() else EXIT_INTERRUPTED
+    except _sweep_stopped() as e:  # (evaluated only when an exception no clause above took gets here)
+        print(f"bnsweep {args.verb}: {_one_line(e)}", file=sys.stderr)
+        return EXIT_INCOMPLETE

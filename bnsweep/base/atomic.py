@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,40 @@ def pickle_complete(p: Path) -> bool:
             return f.read(1) == b"."
     except OSError:
         return False
+
+
+ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EIO: "input/output error",
+                      errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+_ENVIRONMENT_TEXTS = (("no space left on device", errno.ENOSPC), ("database or disk is full", errno.ENOSPC),
+                      ("disk quota exceeded", errno.EDQUOT), ("disk i/o error", errno.EIO),
+                      ("input/output error", errno.EIO), ("read-only file system", errno.EROFS),
+                      ("[errno 28]", errno.ENOSPC), ("[errno 5]", errno.EIO))
+
+
+def environment_fault(error: BaseException | str | None) -> str | None:
+    """What fault of the machine (disk full, I/O error, quota, read-only) ``error`` is, through its causes
+    (an Optuna or SQLAlchemy error over SQLite's "database or disk is full" included), or None: a fault of
+    the environment, not of the trial's code, retried on ``resume`` once fixed.
+
+    >>> environment_fault(OSError(28, "No space left on device"))
+    'no space left on device'
+    >>> environment_fault("OSError: [Errno 28] Error writing bytes to file"), environment_fault(ValueError("x"))
+    ('no space left on device', None)
+    """
+    seen: set[int] = set()
+    e: Any = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            return ENVIRONMENT_ERRNOS[e.errno]
+        text = (e if isinstance(e, str) else str(e)).lower()
+        for needle, code in _ENVIRONMENT_TEXTS:
+            if needle in text:
+                return ENVIRONMENT_ERRNOS[code]
+        if isinstance(e, str):
+            break
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _fsync_dir(d: Path) -> None:

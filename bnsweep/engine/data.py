@@ -259,6 +259,56 @@ def _raw(cfg: DataConfig) -> tuple[dict[str, np.ndarray], str]:
     return load_cifar_dir(download_cifar10()), "cifar10"
 
 
+# ---------------------------------------------------------------- checks before a sweep starts
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What a data source holds, opened and checked (``inspect_data``): for ``plan`` and the driver's checks."""
+
+    description: str
+    train_images: int  # in the source, before data.train_size takes its first N
+    test_images: int | None  # an official test set's images (None: none; the test split is carved)
+    labels: tuple[int, ...]  # the distinct labels found, train and test
+
+
+def inspect_data(cfg: DataConfig) -> DataSummary | None:
+    """Open ``cfg``'s source as a trial would (the path exists, is a readable npz or CIFAR directory of uint8
+    images with integer labels: a ``DataError`` naming the file otherwise) and say what it holds. None for the
+    official CIFAR-10 without a local copy (opening it means downloading it: launch does that once).
+
+    >>> from bnsweep.spec.config import DataConfig
+    >>> inspect_data(DataConfig(source="synthetic", synthetic_size=64, val_size=16)).labels
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+    """
+    if cfg.source == "cifar10" and not (cfg.path or os.environ.get(DATA_ENV)):
+        return None
+    arrays, description = _raw(cfg)
+    ys = [arrays["y_train"]] + ([arrays["y_test"]] if "y_test" in arrays else [])
+    labels = tuple(int(v) for v in np.unique(np.concatenate(ys)))
+    train = cfg.synthetic_size + cfg.val_size if cfg.source == "synthetic" else len(arrays["y_train"])
+    return DataSummary(description=description, train_images=train,
+                       test_images=len(arrays["y_test"]) if "y_test" in arrays else None, labels=labels)
+
+
+def check_num_classes(labels: Any, num_classes: int, *, where: str) -> None:
+    """``model.num_classes`` must hold every label of the data (``labels``: the distinct ones found in
+    ``where``): a network with fewer outputs fails in every trial. A ``DataError`` naming the key and the
+    labels otherwise.
+
+    >>> check_num_classes((0, 1, 2, 7), 5, where="x.npz")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bnsweep.engine.data.DataError: model.num_classes: 5, but x.npz has labels 0..7 (4 distinct: 0, 1, 2, 7); ...
+    """
+    found = sorted({int(v) for v in np.asarray(labels).reshape(-1)})
+    if found and found[-1] >= num_classes:
+        shown = ", ".join(map(str, found[:12])) + (", ..." if len(found) > 12 else "")
+        raise DataError(f"model.num_classes: {num_classes}, but {where} has labels {found[0]}..{found[-1]} "
+                        f"({len(found)} distinct: {shown}); set model.num_classes to at least {found[-1] + 1}, "
+                        "or leave it out (10)")
+
+
 # ---------------------------------------------------------------- splits
 
 

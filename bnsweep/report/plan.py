@@ -46,6 +46,7 @@ class PlanReport:
     gpu_hours: float | None = None
     early_stopping: str = "none"
     packing: tuple[int, float] | None = None  # (trials at once, CPUs each) launch would use on this machine
+    data_note: str = ""  # where the image counts come from (the opened data, or the official set assumed)
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -97,26 +98,44 @@ def _model_combos(spec: Any, base: Any) -> list[tuple[Any, Any]]:
     return list(dict.fromkeys(out))
 
 
-def _train_images(spec: Any) -> tuple[int, int]:
-    """Training and validation images per epoch, without loading (or downloading) the data."""
+OFFICIAL_TRAIN_IMAGES = 50_000  # CIFAR-10's training set (with its own 10,000 test images)
+
+
+def _train_images(spec: Any) -> tuple[int, int, str]:
+    """Training and validation images per epoch, and where the count comes from. The data is opened and
+    checked as launch does (a missing file, a float32 npz, labels beyond ``model.num_classes``: a
+    ``DataError``, one line); only the official CIFAR-10 without a local copy is not (it would be downloaded):
+    its 50,000 training images are assumed, and said to be."""
+    from bnsweep.engine.data import check_num_classes, inspect_data
     from bnsweep.spec.config import TrialConfig
+    from bnsweep.sweep.driver import _param_values, check_searched_data, data_where, sources_searched
 
-    cfg = TrialConfig.from_dict(spec.base_trial_config()).data
+    base = TrialConfig.from_dict(spec.base_trial_config())
+    cfg = base.data
+    if any(k == "data" or k.startswith("data.") for k in spec.parameters):
+        check_searched_data(spec, base)
+    summary = None if sources_searched(spec) else inspect_data(cfg)
+    if summary is not None:
+        for n_classes in _param_values(spec, "model.num_classes", base.model.num_classes):
+            check_num_classes(summary.labels, int(n_classes), where=data_where(cfg))
     if cfg.source == "synthetic":
-        return cfg.synthetic_size, cfg.val_size
-    n = 50_000
-    if cfg.source == "npz" and cfg.path:
-        import numpy as np
-
-        try:
-            with np.load(cfg.path, allow_pickle=False) as f:
-                n = int(f["y_train"].shape[0])
-        except Exception:
-            pass
+        return cfg.synthetic_size, cfg.val_size, "synthetic"
+    if summary is None:
+        n, note = OFFICIAL_TRAIN_IMAGES, (f"assuming the official CIFAR-10's {OFFICIAL_TRAIN_IMAGES:,} training "
+                                          "images, not downloaded by plan; --data FILE opens a local copy")
+    else:
+        n, note = summary.train_images, f"{data_where(cfg)}: {summary.train_images:,} training images"
+        if summary.test_images is not None:
+            note += f" + {summary.test_images:,} test images"
     if cfg.train_size:
+        if cfg.train_size > n and summary is not None:
+            from bnsweep.engine.data import DataError
+
+            raise DataError(f"data.train_size: {cfg.train_size} requested, {data_where(cfg)} has {n} training images")
         n = min(n, cfg.train_size)
-    test = 0 if cfg.test_size is None or cfg.source == "cifar10" else cfg.test_size
-    return max(n - cfg.val_size - (test if cfg.source == "npz" and not cfg.test_path else 0), 0), cfg.val_size
+    has_test = summary.test_images is not None if summary is not None else cfg.source == "cifar10"
+    carved = 0 if has_test or cfg.test_size is None else cfg.test_size
+    return max(n - cfg.val_size - carved, 0), cfg.val_size, note
 
 
 def _representative_schedules(spec: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -148,10 +167,10 @@ def make_plan(spec: Any, *, probe: bool = True, probe_steps: int = 4, check_here
     base = TrialConfig.from_dict(spec.base_trial_config())
     n_cfg = count_configurations(spec)
     epochs = max(int(e) for e in _values(spec, "epochs", base.epochs))
-    n_train, n_val = _train_images(spec)
+    n_train, n_val, data_note = _train_images(spec)
     report = PlanReport(name=spec.name, method=spec.method, configurations=n_cfg, replicates=spec.replicates,
                         trainings=n_cfg * spec.replicates, epochs=epochs, train_images=n_train, val_images=n_val,
-                        early_stopping=spec.scheduler.type)
+                        early_stopping=spec.scheduler.type, data_note=data_note)
     if check_here:  # trials this machine cannot hold are refused here too (ClusterError), as launch does
         from bnsweep.sweep.cluster import check_local
 
@@ -208,7 +227,8 @@ def format_plan(r: PlanReport) -> str:
 
     lines = [f"sweep {r.name!r}: {r.method}, {r.configurations} configurations × {r.replicates} seeds = "
              f"{r.trainings} trainings × ≤{r.epochs} epochs  (early stopping: {r.early_stopping})",
-             f"data: {r.train_images:,} training + {r.val_images:,} validation images per epoch", "",
+             f"data: {r.train_images:,} training + {r.val_images:,} validation images per epoch"
+             + (f" ({r.data_note})" if r.data_note else ""), "",
              "networks (parameters: total incl. BN statistics / trainable / BN γβ; GFLOP per image):"]
     for m in r.models:
         net = "Bottleneck" if m.get("arch") == "idiomatic_bottleneck" else "ResNet"

@@ -1088,7 +1088,13 @@ def _load_layer(text: str | None, path: Path, display: str, problems: list[Probl
         inc_path = path.parent / inc
         inc_display = os.path.normpath(os.path.join(os.path.dirname(display), inc))
         chain = (*stack, here)
-        if inc_path.resolve() in [p for p, _ in chain]:
+        try:
+            target = inc_path.resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop (Python 3.11: RuntimeError; later: OSError)
+            problems.append(Problem(inc_loc[0], inc_loc[1], "include",
+                                    f"cannot read {inc_display}: a symbolic link loop; point it at a real file"))
+            continue
+        if target in [p for p, _ in chain]:
             names = " -> ".join([d for _, d in chain] + [inc_display])
             problems.append(Problem(inc_loc[0], inc_loc[1], "include", f"include cycle: {names}"))
             continue

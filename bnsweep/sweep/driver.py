@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -57,6 +58,13 @@ def open_run_dir(location: str | os.PathLike[str] | RunDir) -> RunDir:
         return RunDir(location)
     except LocationError as e:
         raise RunDirError(str(e)) from None
+    except (OSError, RuntimeError) as e:  # a symbolic link loop on the way (Path.resolve: RuntimeError in 3.11)
+        if isinstance(e, OSError) and e.errno != errno.ELOOP and "loop" not in str(e).lower():
+            raise
+        if isinstance(e, RuntimeError) and "loop" not in str(e).lower():
+            raise
+        raise RunDirError(f"{location}: a symbolic link loop (too many levels of symbolic links) on the way to the "
+                          "run directory; point it at a real directory") from None
 
 
 def launch(spec: Any, *, options: LaunchOptions, overrides: dict[str, Any] | None = None) -> Outcome:
@@ -67,7 +75,9 @@ def launch(spec: Any, *, options: LaunchOptions, overrides: dict[str, Any] | Non
     rd = open_run_dir(options.run_dir or default_run_dir(spec))
     rd.check_reachable()
     _refuse_if_holds_sweep(rd)
+    check_free_space(rd)
     created = not rd.local.exists()
+    db_was_there = rd.optuna_db.exists()
     try:
         with lock_for(rd):
             _refuse_if_holds_sweep(rd)  # again, now that no other driver can be writing it
@@ -81,12 +91,18 @@ def launch(spec: Any, *, options: LaunchOptions, overrides: dict[str, Any] | Non
                 _check_storage(storage_url)
             data = _load_fixed_data(spec)
             fingerprint = data.fingerprint if data is not None else None
-            return _run(rd, spec, options=options, restore=False, data=data,
-                        before_tuner=lambda: _write_run_files(rd, spec, overrides or {}, options,
-                                                              data_sha256=fingerprint))
+            return _stopped_by_environment(rd, lambda: _run(
+                rd, spec, options=options, restore=False, data=data,
+                before_tuner=lambda: _write_run_files(rd, spec, overrides or {}, options, data_sha256=fingerprint)))
     finally:
-        if created and not rd.sweep_json.exists():
-            _remove_if_empty(rd.local)
+        if not rd.sweep_json.exists():  # nothing started: no half-written Optuna study left behind either
+            if not db_was_there:
+                for p in (rd.optuna_db, *(rd.optuna_db.with_name(rd.optuna_db.name + x) for x in ("-journal", "-wal",
+                                                                                                 "-shm"))):
+                    with contextlib.suppress(OSError):
+                        p.unlink(missing_ok=True)
+            if created:
+                _remove_if_empty(rd.local)
 
 
 def resume(run_dir: Path | str | RunDir, *, options: LaunchOptions) -> Outcome:
@@ -123,15 +139,212 @@ def resume(run_dir: Path | str | RunDir, *, options: LaunchOptions) -> Outcome:
         if spec.spec_hash() != info.get("spec_hash"):
             raise RunDirError(f"{shown}: changed since the sweep started (spec hash {spec.spec_hash()}, "
                               f"the sweep was started with {info.get('spec_hash')}); restore it or launch anew")
-        options = dataclasses.replace(options, storage=_resume_storage(rd, options, info))
+        options = dataclasses.replace(options, storage=_resume_storage(rd, options, info, spec=spec))
         if options.storage:
             _check_storage(options.storage)
         _check_optuna_storage(rd, _storage_url(rd, options, spec))
+        done = _already_complete(rd, spec)
+        if done is not None:  # nothing to run: no Ray started; only a torn Ray snapshot is repaired
+            if not rd.is_remote:
+                with contextlib.suppress(RunDirError):
+                    check_ray_state(rd.local)
+            return _report_complete(rd, spec, options=options, counts=done)
+        check_free_space(rd)
         data = _load_fixed_data(spec)
         _check_same_data(rd, info, data)
         # last: it may repair a torn snapshot (a local run directory; a store's objects are whole)
-        restore = check_ray_storage(rd) if rd.is_remote else check_ray_state(rd.local)
-        return _run(rd, spec, options=options, restore=restore, data=data)
+        restore = check_ray_state_for_resume(rd)
+        return _stopped_by_environment(rd, lambda: _run(rd, spec, options=options, restore=restore, data=data))
+
+
+def check_ray_state_for_resume(rd: RunDir) -> bool:
+    """Ray's state checked (and repaired), and replicates that failed for a fault of the machine (disk full,
+    I/O error) made to run again: their ``failed`` records are set aside (``result.environment-fault-N.json``,
+    kept), so the trial restored by Ray trains them on from their last checkpoint."""
+    restore = check_ray_storage(rd) if rd.is_remote else check_ray_state(rd.local)
+    if restore and not rd.is_remote:
+        retry_environment_failures(rd)
+    return restore
+
+
+def retry_environment_failures(rd: RunDir) -> int:
+    """Set aside the ``failed`` records whose reason is a fault of the environment (``environment_fault``);
+    returns how many. A record of a code failure stays: that trial failed for a reason of its own."""
+    from bnsweep.base.atomic import environment_fault
+
+    moved = 0
+    for p in sorted(rd.trials_dir.glob("*/seed-*/result.json")) if rd.trials_dir.is_dir() else []:
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(rec, dict) or rec.get("status") != "failed" or not environment_fault(str(rec.get("reason"))):
+            continue
+        n = 1
+        while p.with_name(f"result.environment-fault-{n}.json").exists():
+            n += 1
+        os.replace(p, p.with_name(f"result.environment-fault-{n}.json"))
+        moved += 1
+    if moved:
+        print(f"note: {moved} replicate(s) failed for a fault of the machine (disk full, I/O error): run again",
+              file=sys.stderr)
+    return moved
+
+
+MIN_FREE_BYTES = 64 << 20  # records, checkpoints, the Optuna study, Ray's state of a small sweep
+MIN_FREE_ENV = "BNSWEEP_MIN_FREE_MB"  # another minimum, in MiB (0: no check)
+
+
+def check_free_space(rd: RunDir) -> None:
+    """The run directory's filesystem (its local copy, for a URI) needs ``MIN_FREE_BYTES`` free: a near-full
+    disk is one line before anything is written (``RunDirError``), not a failure half way through."""
+    import shutil
+
+    where = rd.local
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    need = MIN_FREE_BYTES
+    with contextlib.suppress(ValueError):
+        need = int(float(os.environ.get(MIN_FREE_ENV, MIN_FREE_BYTES >> 20)) * 2**20)
+    if free < need:
+        shown = rd.uri if rd.is_remote else _rel(rd.local)
+        raise RunDirError(f"{shown}: only {free / 2**20:.1f} MiB free on its filesystem ({where}); a sweep needs at "
+                          f"least {need / 2**20:g} MiB there (records, checkpoints, the Optuna study; "
+                          f"${MIN_FREE_ENV} sets it): free some space or choose another --run-dir")
+
+
+class SweepStopped(Exception):
+    """The sweep stopped half way for a fault of the machine (disk full, I/O error): one line, exit 3; what
+    finished is kept and ``bnsweep resume`` carries on (failed replicates run again) once it is fixed."""
+
+
+def _stopped_by_environment(rd: RunDir, run: Any) -> Outcome:
+    """``run()``; a fault of the machine escaping it is ``SweepStopped`` (or, before the sweep's files were
+    written, a ``RunDirError``: nothing started), never a library traceback."""
+    from bnsweep.base.atomic import environment_fault
+
+    try:
+        return run()  # type: ignore[no-any-return]
+    except (RunDirError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        fault = environment_fault(e)
+        if fault is None:
+            raise
+        shown = rd.uri if rd.is_remote else _rel(rd.local)
+        first = " ".join(str(e).split())[:200] or type(e).__name__
+        if not rd.sweep_json.exists():
+            raise RunDirError(f"{shown}: {fault} ({type(e).__name__}: {first}); nothing was started: free some "
+                              "space (or fix the disk) and launch again") from None
+        raise SweepStopped(f"{shown}: the sweep stopped: {fault} ({type(e).__name__}: {first}); what finished is "
+                           f"kept: free some space (or fix the disk), then `bnsweep resume {shown}`") from None
+
+
+COMPLETE_STATUSES = ("completed", "pruned", "diverged")
+
+
+def _already_complete(rd: RunDir, spec: Any) -> dict[str, int] | None:
+    """The counts of a sweep whose every configuration ended completed, pruned or diverged, with a record for
+    each of its replicates (a resume has nothing left to do); None while anything is missing, running,
+    failed or lost (a resume runs or retries it)."""
+    from bnsweep.store.table import load_results
+    from bnsweep.sweep.space import count_configurations
+
+    try:
+        table = load_results(rd.local)
+    except Exception:
+        return None
+    n = count_configurations(spec)
+    if not len(table):
+        return None
+    # without early stopping a "pruned" record is a trial Ray stopped on the way out (Ctrl-C, a kill at the end):
+    # not an end, the restored trial carries on
+    ends = COMPLETE_STATUSES if spec.scheduler.type != "none" else ("completed", "diverged")
+    ended = 0
+    for _, statuses in table.groupby("trial_id")["status"]:
+        got = list(statuses)
+        if len(got) < spec.replicates or any(s not in ends for s in got):
+            return None
+        ended += 1
+    if ended < n:
+        return None
+    return _counts(table, total=n)
+
+
+def _report_complete(rd: RunDir, spec: Any, *, options: LaunchOptions, counts: dict[str, int]) -> Outcome:
+    """``resume`` of a sweep that already finished: say so (one line, or the ``finished`` JSON event with
+    ``already_complete``) and change nothing."""
+    from bnsweep.store.table import load_results
+
+    shown = rd.uri if rd.is_remote else _rel(rd.local)
+    _finish_bookkeeping(rd, spec, options)
+    best = best_of_table(load_results(rd.local), metric=spec.metric.name, mode=spec.metric.mode)
+    if options.quiet:
+        print(json.dumps({"event": "finished", "already_complete": True, "counts": counts, "best": best,
+                          "run_dir": shown}, default=str), flush=True)
+    else:
+        what = ", ".join(f"{counts[k]} {k}" for k in COMPLETE_STATUSES if counts.get(k))
+        print(f"sweep {spec.name!r} in {shown} is already complete ({counts['total']} configurations: {what}); "
+              f"nothing to resume. See `bnsweep status {shown}`", flush=True)
+    return Outcome(run_dir=rd.uri if rd.is_remote else rd.local, finished=True, counts=counts, best=best)
+
+
+def _finish_bookkeeping(rd: RunDir, spec: Any, options: LaunchOptions) -> None:
+    """What a driver killed at the very end of a complete sweep may have left undone: the results tables
+    (rewritten only when older than the newest record, or missing) and Optuna trials left RUNNING (told FAIL).
+    A finished sweep whose driver ended normally is left byte for byte as it is."""
+    from bnsweep.store.table import write_results_table
+
+    records = list(rd.trials_dir.glob("*/seed-*/result.json")) if rd.trials_dir.is_dir() else []
+    newest = max((p.stat().st_mtime for p in records), default=0.0)
+    tables = rd.table_files()
+    if any(not t.exists() or t.stat().st_mtime < newest for t in tables):
+        write_results_table(rd.local)
+        rd.push(rd.table_files())
+    url = _storage_url(rd, options, spec)
+    with contextlib.suppress(Exception):
+        if _running_optuna_trials(url):
+            fail_stale_optuna_trials(url)
+            publish_optuna_db(rd, url)
+
+
+def _running_optuna_trials(url: str) -> int:
+    import optuna
+
+    from bnsweep.sweep.searcher import optuna_storage_kwargs
+
+    storage = optuna.storages.RDBStorage(url, **optuna_storage_kwargs(url))
+    n = 0
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        n += len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    return n
+
+
+def best_of_table(table: Any, *, metric: str, mode: str) -> dict[str, Any] | None:
+    """The best configuration of a results table by ``metric`` (the mean over its replicates), among
+    configurations whose every replicate completed, was pruned or diverged: a failed, lost or running
+    trial is never named best."""
+    col = {"val_accuracy": "val_accuracy_final", "val_loss": "val_loss_final"}.get(metric, metric)
+    if table is None or not len(table) or col not in table:
+        return None
+    best: dict[str, Any] | None = None
+    for trial_id, g in table.groupby("trial_id", sort=True):
+        if any(s not in COMPLETE_STATUSES for s in g["status"]):
+            continue
+        values = g[col].dropna()
+        if not len(values):
+            continue
+        v = float(values.mean())
+        if v != v:
+            continue
+        if best is None or (v > best[metric] if mode == "max" else v < best[metric]):
+            best = {"trial_id": str(trial_id), metric: v}
+    return best
 
 
 def _refuse_if_holds_sweep(rd: RunDir) -> None:
@@ -163,13 +376,70 @@ def _remove_if_empty(run_dir: Path) -> None:
 
 
 def _load_fixed_data(spec: Any) -> Any:
-    """The sweep's data, loaded once (None when trials search over data settings: each loads its own)."""
-    from bnsweep.engine.data import load_data
+    """The sweep's data, loaded once (None when trials search over data settings: each loads its own, and
+    the sources they would open are checked here instead). Either way the labels must fit
+    ``model.num_classes`` (a ``DataError`` naming the key and the labels found)."""
+    import numpy as np
+
+    from bnsweep.engine.data import check_num_classes, load_data
     from bnsweep.spec.config import TrialConfig
 
     if not _data_is_fixed(spec):
+        if not sources_searched(spec):  # (searched sources: the base config may name none)
+            check_searched_data(spec, TrialConfig.from_dict(spec.base_trial_config()))
         return None
-    return load_data(TrialConfig.from_dict(spec.base_trial_config()).data)
+    base = TrialConfig.from_dict(spec.base_trial_config())
+    data = load_data(base.data)
+    labels = np.unique(np.concatenate([y for y in (data.y_train, data.y_val, data.y_test) if y is not None]))
+    for n in _param_values(spec, "model.num_classes", base.model.num_classes):
+        check_num_classes(labels, int(n), where=data_where(base.data))
+    return data
+
+
+def _param_values(spec: Any, key: str, default: Any) -> list[Any]:
+    """The values a plainly searched key takes (``values:`` or a constant), else ``[default]``."""
+    from bnsweep.spec.sections import Constant, Values
+
+    p = spec.parameters.get(key)
+    if isinstance(p, Values):
+        return list(p.values)
+    if isinstance(p, Constant):
+        return [p.value]
+    return [default]
+
+
+def data_where(cfg: Any) -> str:
+    """How a data config's source is named in a message (its file, else the source kind)."""
+    from bnsweep.engine.data import DATA_ENV
+
+    local = cfg.path or (os.environ.get(DATA_ENV) if cfg.source == "cifar10" else None)
+    return str(local) if local else f"data.source {cfg.source}"
+
+
+def check_searched_data(spec: Any, base: Any) -> None:
+    """A sweep whose trials search over ``data.*`` settings loads no data before launch: the one source every
+    trial would open (``--data``, the spec's ``data.path``) is opened and checked now — it exists, is a readable
+    npz or CIFAR directory of uint8 images with labels, its labels fit ``model.num_classes`` and it has the
+    searched ``data.train_size`` values — so a bad ``--data`` is one line before launch, not every trial
+    failing. A search over the sources themselves (``data.path`` values) is left to its trials."""
+    from bnsweep.engine.data import DataError, check_num_classes, inspect_data
+
+    if sources_searched(spec):
+        return  # each trial opens its own (one bad value fails its own trials, recorded as failed)
+    summary = inspect_data(base.data)
+    if summary is None:
+        return
+    where = data_where(base.data)
+    for n in _param_values(spec, "model.num_classes", base.model.num_classes):
+        check_num_classes(summary.labels, int(n), where=where)
+    for size in _param_values(spec, "data.train_size", base.data.train_size):
+        if size is not None and base.data.source != "synthetic" and int(size) > summary.train_images:
+            raise DataError(f"data.train_size: {size} requested, {where} has {summary.train_images} training images")
+
+
+def sources_searched(spec: Any) -> bool:
+    """Whether the sweep searches over the data sources themselves (``data.path`` values, ...)."""
+    return any(k in spec.parameters for k in ("data", "data.path", "data.source", "data.test_path"))
 
 
 def _check_same_data(rd: RunDir, info: dict[str, Any], data: Any) -> None:
@@ -204,16 +474,31 @@ def _check_storage(url: str) -> None:
         raise RunDirError(f"--storage {shown}: cannot open the Optuna storage ({type(e).__name__}: {msg})") from None
 
 
-def _resume_storage(run_dir: RunDir, options: LaunchOptions, info: dict[str, Any]) -> str | None:
+def _resume_storage(run_dir: RunDir, options: LaunchOptions, info: dict[str, Any], *, spec: Any) -> str | None:
     saved = info.get("storage")
     if options.storage:
-        if saved and _redact_url(options.storage) != saved:
-            raise RunDirError(f"--storage {_redact_url(options.storage)}: not this sweep's Optuna storage ({saved})")
-        return options.storage
+        own = saved or spec.storage or default_storage_url(run_dir)  # the storage the sweep was launched with
+        if _same_storage(_redact_url(options.storage), own):
+            return options.storage
+        how = "" if saved or spec.storage else " (the default: the run directory's own)"
+        raise RunDirError(f"--storage {_redact_url(options.storage)}: not this sweep's Optuna storage; it was "
+                          f"launched with {_redact_url(own)}{how}. Resume it without --storage, or with that URL "
+                          "(another storage would start an empty study)")
     if saved and "***@" in saved:
         raise RunDirError(f"{run_dir.uri}: the sweep's Optuna study is in {saved}, whose password is not kept in the "
                           "run directory; pass the full URL again with --storage")
     return saved
+
+
+def _same_storage(a: str, b: str) -> bool:
+    """Whether two (redacted) storage URLs name one database: SQLite files compared by their real path."""
+    def norm(url: str) -> str:
+        if url.startswith("sqlite:///"):
+            path = url.removeprefix("sqlite:///").split("?", 1)[0]
+            with contextlib.suppress(OSError, RuntimeError):
+                return "sqlite:///" + str(Path(path).expanduser().resolve())
+        return url.rstrip("/")
+    return norm(a) == norm(b)
 
 
 def _check_optuna_storage(run_dir: RunDir, url: str) -> None:
@@ -407,9 +692,17 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
         _log_summary(rd, spec)
     counts = _counts(table, total=n) if table is not None else monitor.counts()
     outcome = Outcome(run_dir=rd.uri if rd.is_remote else rd.local, finished=finished, counts=counts,
-                      best=monitor.best())
+                      best=_final_best(table, spec, monitor))
     monitor.close(outcome)
     return outcome
+
+
+def _final_best(table: Any, spec: Any, monitor: Any) -> dict[str, Any] | None:
+    """The sweep's best configuration for its summary, from the results table: a failed, lost or running one
+    is never named (the monitor's live best follows every reported epoch, a failing trial's included)."""
+    if table is None:
+        return None
+    return best_of_table(table, metric=spec.metric.name, mode=spec.metric.mode)
 
 
 def _counts(table: Any, *, total: int) -> dict[str, int]:
