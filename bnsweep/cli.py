@@ -44,6 +44,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _data_override(value: str) -> dict[str, Any]:
+    if "\x00" in value:
+        raise _Bad(f"--data {printable(value)}: not a path (it holds a NUL character)")
     p = Path(value).expanduser()
     try:
         p.resolve()
