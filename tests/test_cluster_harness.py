@@ -38,7 +38,7 @@ def _listening_ports() -> set[int]:
 def two_workers(ctx) -> dict:
     out: dict = {"interfaces": interfaces()}
     # Fast failure detection so the test stays short: the GCS pings each raylet every 0.5 s and declares
-    # it dead after 3 misses (Ray's defaults, 3 s x 5, take ~13 s here; see /work/proto/FINDINGS.md).
+    # it dead after 3 misses (Ray's defaults, 3 s x 5, take ~13 s here).
     fast_hc = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
                "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
     with Cluster(ctx.base, workers=2, worker_cpus=1, s3=True, head_env=fast_hc) as c:
