@@ -191,3 +191,30 @@ def test_ray_core_seams_of_the_pre_flight_and_of_joining_a_cluster(ray_local):
         ray_compat.probe_gcs("127.0.0.1:1", timeout_s=1)  # nobody there
     assert not isinstance(refused.value, (ImportError, AttributeError, TypeError)), \
         f"ray_compat.probe_gcs (InnerGcsClient.standalone) broke: {refused.value!r}"
+
+
+def test_newest_checkpoint_names_a_trials_last_checkpoint_in_its_storage(ray_local, tmp_path):
+    from ray import tune
+
+    seen: dict = {}
+
+    def _trainable(config):  # three reports, each with a checkpoint folder holding its epoch
+        import tempfile as _tf
+        from pathlib import Path as _P
+
+        from ray import tune
+
+        for epoch in (1, 2, 3):
+            with _tf.TemporaryDirectory() as d:
+                (_P(d) / "epoch.txt").write_text(str(epoch))
+                tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    class Probe(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            ckpt = ray_compat.newest_checkpoint(trial)
+            with ckpt.as_directory() as d:
+                seen["epoch"] = (Path(d) / "epoch.txt").read_text()
+
+    tune.Tuner(_trainable, run_config=tune.RunConfig(name="newest", storage_path=str(tmp_path), callbacks=[Probe()],
+                                                     verbose=0)).fit()
+    assert seen == {"epoch": "3"}, f"newest_checkpoint (Trial.storage: storage_filesystem, trial_fs_path) broke: {seen}"

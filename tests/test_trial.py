@@ -38,7 +38,13 @@ def test_run_reports_every_epoch_and_returns_a_complete_result():
     assert 0 <= r.gamma_near_zero <= 1
     assert r.config["regime"] == "bn" and r.config["seed"] == 0  # the config that trained
     assert r.accelerator["kind"] == "cpu" and r.accelerator["backend"] == "tensorflow"
-    assert r.data == {"train": 64, "val": 32, "test": 32, "source": "synthetic(64)", "test_is_holdout": True}
+    assert r.data == {"train": 64, "val": 32, "test": 32, "source": "synthetic(64)", "test_is_holdout": True,
+                      "sha256": r.data["sha256"]}
+    from bnsweep.engine.data import data_fingerprint, load_data
+    from bnsweep.spec.config import TrialConfig
+
+    # the content hash of the splits that trained
+    assert r.data["sha256"] == data_fingerprint(load_data(TrialConfig.from_dict(_cfg(regime="bn", epochs=3)).data))
 
 
 def test_same_config_and_seed_give_the_same_result_and_another_seed_does_not():

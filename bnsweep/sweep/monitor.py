@@ -154,7 +154,7 @@ class SweepMonitor(Callback):
         self._emit("retrying", trial=trial.trial_id, reason=_error_reason(trial, retrying=True))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._collect(trial, trial.checkpoint)
+        self._collect(trial, self._last_checkpoint(trial))
         self._close_terminated(trial)
         self._ended(trial, self._recorded_status(trial, "completed"), trials)
 
@@ -179,7 +179,7 @@ class SweepMonitor(Callback):
         # killed between Ray's record of the end and ours) gets its missing records now.
         for t in trials:
             if t.status in ("TERMINATED", "ERROR"):
-                self._collect(t, t.checkpoint)
+                self._collect(t, self._last_checkpoint(t))
                 if t.status == "TERMINATED":
                     self._close_terminated(t)
                 else:
@@ -299,6 +299,14 @@ class SweepMonitor(Callback):
         if states:
             self.manifests[trial.trial_id] = states
             self._table_pending = True
+
+    def _last_checkpoint(self, trial: Any) -> Any:
+        """The trial's newest checkpoint in the run's storage (``Trial.checkpoint`` may still name the one
+        before: records closed from it would be stale); ``Trial.checkpoint`` if the storage cannot be listed."""
+        try:
+            return ray_compat.newest_checkpoint(trial) or trial.checkpoint
+        except Exception:
+            return trial.checkpoint
 
     def _seeds(self) -> list[int]:
         return [self.seed_base + i for i in range(self.replicates)]

@@ -84,6 +84,24 @@ def fail_hung_trial(controller: Any, trial: Any, reason: str) -> bool:
     return retried
 
 
+def newest_checkpoint(trial: Any) -> Any:
+    """The newest checkpoint of ``trial`` in the run's storage (a ``tune.Checkpoint``), or None.
+
+    Why: ``Trial.checkpoint`` can still name the previous one when Ray reports a trial complete (a restored
+    trial whose function reports once and returns at once: both arrive together), and records made from
+    that stale checkpoint would be wrong. A trial's checkpoints are the ``checkpoint_NNNNNN`` folders of
+    its storage directory (``Trial.storage``: Ray's StorageContext), uploaded by the worker before the
+    result that names them reaches the driver."""
+    from pyarrow import fs as pafs
+    from ray import tune
+
+    storage = trial.storage
+    fs = storage.storage_filesystem
+    infos = fs.get_file_info(pafs.FileSelector(storage.trial_fs_path, allow_not_found=True))
+    names = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    return tune.Checkpoint(path=names[-1], filesystem=fs) if names else None
+
+
 def set_restored_callbacks(tuner: Any, callbacks: list[Any]) -> None:
     """Replace the callbacks of a Tuner made by ``Tuner.restore``.
 
