@@ -97,7 +97,8 @@ INVALID_VALUES: dict[tuple, st.SearchStrategy] = {
     ("method",): _not_in(["grid", "random", "tpe", "cmaes"]),
     ("trials",): st.one_of(bad_pos_int, st.integers(min_value=1_000_001), huge),
     ("replicates",): st.one_of(bad_pos_int, huge),
-    ("max_concurrent",): st.one_of(bad_pos_int, huge),
+    # (null is the default written out: "as many as fill the machine"; saved specs hold it)
+    ("max_concurrent",): st.one_of(non_int, st.integers(max_value=0), huge),
     ("retries",): st.one_of(non_int, st.integers(max_value=-1), st.integers(min_value=1001)),
     ("seed",): st.one_of(not_a_number, st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: f != int(f)),
                          st.sampled_from([math.inf, math.nan, 1e308])),
