@@ -27,6 +27,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from test_reliability import _descendants  # the /proc process tree, one copy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -142,20 +143,6 @@ def _events(text: str) -> list[dict]:
         with contextlib.suppress(ValueError):
             if line.startswith("{"):
                 out.append(json.loads(line))
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                kids.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k)
     return out
 
 

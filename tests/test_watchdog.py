@@ -25,6 +25,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from test_reliability import _descendants  # the /proc process tree, one copy
 
 from bnsweep.spec.sections import Watchdog
 from bnsweep.spec.sweep_spec import SpecError, parse_spec_text
@@ -224,20 +225,6 @@ fixed:
   lr: 0.05
   data: {source: synthetic, synthetic_size: 64, val_size: 32, test_size: 32}
 """
-
-
-def _descendants(pid: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                kids.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k)
-    return out
 
 
 def test_a_launch_with_a_hung_trial_is_ended_by_the_watchdog_and_resumes_from_its_checkpoint(tmp_path):
