@@ -165,8 +165,49 @@ def test_stale_running_trials_are_failed_through_optuna_s_public_tell(tmp_path):
     study.ask()
     study.ask()
     assert fail_stale_optuna_trials(url) == 2
-    assert {t.state for t in optuna.load_study(study_name="bnsweep", storage=url).trials} == {
-        optuna.trial.TrialState.FAIL}
+    trials = optuna.load_study(study_name="bnsweep", storage=url).trials
+    assert {t.state for t in trials} == {optuna.trial.TrialState.FAIL}
+    assert all(t.user_attrs.get("bnsweep_interrupted") for t in trials)
+
+
+GRID_LRS = (0.01, 0.02, 0.04, 0.08)
+
+
+def _grid_space(trial):
+    return {"lr": trial.suggest_categorical("lr", GRID_LRS)}
+
+
+def test_an_orphaned_running_trial_frees_its_grid_point_and_is_not_a_configuration(tmp_path):
+    """Optuna's Trial/FrozenTrial ``_trial_id`` and OptunaSearch's ``_ot_trials`` (ray_compat): a driver killed
+    between asking Optuna and Ray's snapshot leaves a RUNNING trial the restored searcher never handed out.
+    The restored searcher fails it as interrupted before its first suggestion: the grid point it held is given
+    to a later trial (not a duplicate of another), and the budget does not count it."""
+    from bnsweep.sweep.searcher import ResumableOptunaSearch, use_storage
+    from bnsweep.sweep.space import GridPointSampler
+
+    points = [{"lr": v} for v in GRID_LRS]
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    s = ResumableOptunaSearch(space=_grid_space, metric="score", mode="max", storage=use_storage(url),
+                              study_name="bnsweep", sampler=GridPointSampler(points), max_configurations=4)
+    assert s.suggest("t0") == {"lr": 0.01}
+    s.on_trial_complete("t0", {"score": 0.5})
+    path = tmp_path / "searcher.pkl"
+    s.save(str(path))  # Ray's snapshot: it knows t0 only
+    assert s.suggest("t1") == {"lr": 0.02}  # ... and then the driver dies: t1 is RUNNING in Optuna, unknown to Ray
+    study = ray_compat.searcher_study(s)
+    assert ray_compat.optuna_trial_storage_id(study.trials[1]) == ray_compat.optuna_trial_storage_id(s._ot_trials["t1"])
+    assert ray_compat.searcher_handed_trial_ids(s) == {ray_compat.optuna_trial_storage_id(t) for t in study.trials}
+
+    again = pickle.loads(pickle.dumps(s))  # as Ray unpickles tuner.pkl ...
+    again.restore(str(path))  # ... and then its searcher state
+    configs = [again.suggest(f"r{i}") for i in range(4)]
+    for i in range(3):
+        again.on_trial_complete(f"r{i}", {"score": 0.6})
+    assert configs[:3] == [{"lr": 0.04}, {"lr": 0.08}, {"lr": 0.02}] and configs[3] == "FINISHED", configs
+    trials = optuna.load_study(study_name="bnsweep", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert trials[1].user_attrs["bnsweep_interrupted"] and again.ended_in_study() == 4
+    assert sorted(t.params["lr"] for t in trials if t.state.name == "COMPLETE") == [0.01, 0.02, 0.04, 0.08]
 
 
 def test_ray_core_seams_of_the_pre_flight_and_of_joining_a_cluster(ray_local):

@@ -192,6 +192,20 @@ def searcher_live_trials(searcher: Any) -> tuple[set[str], set[str]]:
     return set(searcher._ot_trials), set(searcher._completed_trials)
 
 
+def optuna_trial_storage_id(trial: Any) -> int:
+    """The storage id of an Optuna ``Trial`` or ``FrozenTrial`` (``_trial_id``; not its ``number``).
+
+    Why: a trial's user attributes are set by storage id, and ``OptunaSearch`` maps Ray's trials to them."""
+    return int(trial._trial_id)
+
+
+def searcher_handed_trial_ids(searcher: Any) -> set[int]:
+    """Optuna's storage ids of the trials an ``OptunaSearch`` has handed to Ray (``_ot_trials``).
+
+    Why: an Optuna trial left RUNNING that is not among them was never known to the restored Ray."""
+    return {optuna_trial_storage_id(t) for t in searcher._ot_trials.values()}
+
+
 def optuna_search_state(state: dict[str, Any]) -> dict[str, Any]:
     """An ``OptunaSearch.__dict__`` made independent of where its storage is: the storage, the study
     and the per-trial Optuna ``Trial`` objects (which hold the storage) replaced by references.

@@ -80,17 +80,17 @@ def _ray_snapshot_ok(d: Path) -> bool:
 
 def fail_stale_optuna_trials(storage_url: str) -> int:
     """After a sweep ends, no Optuna trial may stay RUNNING (a driver killed mid-trial leaves them):
-    each is told FAIL through Optuna's public ``study.tell``."""
+    each is told FAIL (interrupted: not one of the sweep's configurations) through Optuna's public API."""
     import optuna
 
-    from bnsweep.sweep.searcher import optuna_storage_kwargs
+    from bnsweep.sweep.searcher import fail_interrupted, optuna_storage_kwargs
 
     storage = optuna.storages.RDBStorage(storage_url, **optuna_storage_kwargs(storage_url))
     n = 0
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            fail_interrupted(study, t, "left running when its sweep ended")
             n += 1
     return n
 

@@ -11,9 +11,42 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from bnsweep.sweep.ray_compat import optuna_search_reattach, optuna_search_state, searcher_live_trials, searcher_study
+from bnsweep.sweep.ray_compat import (
+    optuna_search_reattach,
+    optuna_search_state,
+    optuna_trial_storage_id,
+    searcher_handed_trial_ids,
+    searcher_live_trials,
+    searcher_study,
+)
 
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# user attribute of an Optuna trial a driver left RUNNING when it died before Ray knew the trial (it never
+# trained): told FAIL with this reason, it is not one of the sweep's configurations
+INTERRUPTED_KEY = "bnsweep_interrupted"
+
+
+def counts_as_configuration(trial: Any) -> bool:
+    """Whether an Optuna trial is one of the sweep's ended configurations (completed, pruned or failed by
+    its own code), not one a dead driver interrupted before it trained."""
+    return trial.state in ENDED and not trial.user_attrs.get(INTERRUPTED_KEY)
+
+
+def fail_interrupted(study: Any, trial: Any, reason: str) -> None:
+    """Tell a RUNNING Optuna trial FAIL as interrupted (``INTERRUPTED_KEY``), through Optuna's public API.
+
+    >>> import optuna
+    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> study = optuna.create_study()
+    >>> t = study.ask()
+    >>> fail_interrupted(study, study.trials[0], "its driver died")
+    >>> [(u.state.name, counts_as_configuration(u)) for u in study.trials]
+    [('FAIL', False)]
+    """
+    import optuna
+
+    optuna.trial.Trial(study, optuna_trial_storage_id(trial)).set_user_attr(INTERRUPTED_KEY, reason)
+    study.tell(trial.number, state=TrialState.FAIL)
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -27,7 +60,10 @@ class ResumableOptunaSearch(OptunaSearch):
     - the pickled searcher (``tuner.pkl``, ``searcher-state-*.pkl``) holds no storage: on restore it
       reconnects to the storage this driver uses (``use_storage``), so a run directory resumed from a
       fresh machine, whose local copy of the Optuna SQLite file is elsewhere, continues its study;
-    - a trial whose code failed (its final result carries ``bnsweep_failed``) is a FAIL in Optuna.
+    - a trial whose code failed (its final result carries ``bnsweep_failed``) is a FAIL in Optuna;
+    - an Optuna trial left RUNNING that the restored Ray does not know (the driver died between asking
+      Optuna and Ray's snapshot: it never trained) is told FAIL as interrupted before the first new
+      suggestion, so a grid point it held is free again and it is not counted as a configuration.
     """
 
     def __init__(self, *args: Any, max_configurations: int | None = None, **kwargs: Any) -> None:
@@ -37,9 +73,24 @@ class ResumableOptunaSearch(OptunaSearch):
     def ended_in_study(self) -> int:
         study = searcher_study(self)
         assert study is not None, "the searcher is not set up yet"
-        return sum(t.state in ENDED for t in study.get_trials(deepcopy=False))
+        return sum(counts_as_configuration(t) for t in study.get_trials(deepcopy=False))
+
+    def close_orphans(self) -> int:
+        """Tell FAIL (interrupted) every RUNNING Optuna trial this searcher has not handed to Ray; their count."""
+        study = searcher_study(self)
+        if study is None:
+            return 0
+        handed = searcher_handed_trial_ids(self)
+        orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if optuna_trial_storage_id(t) not in handed]
+        for t in orphans:
+            fail_interrupted(study, t, "its driver died before Ray knew the trial; it never trained")
+        return len(orphans)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # (Searcher.FINISHED)
+        if not getattr(self, "_orphans_closed", False):  # once per driver: Ray's restored state is in by now
+            self.close_orphans()
+            self._orphans_closed = True
         cap = getattr(self, "_max_configurations", None)  # absent in searchers pickled by older versions
         handed, completed = searcher_live_trials(self)
         if cap is not None and trial_id not in handed:
@@ -59,7 +110,9 @@ class ResumableOptunaSearch(OptunaSearch):
 
     # the pickled state is independent of where the Optuna storage is (see the class docstring)
     def __getstate__(self) -> dict[str, Any]:
-        return optuna_search_state(self.__dict__)
+        state = optuna_search_state(self.__dict__)
+        state.pop("_orphans_closed", None)  # a restoring driver closes the orphans its predecessor left
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(optuna_search_reattach(state, _current_storage()))
@@ -103,7 +156,7 @@ def ended_configurations(storage_url: str, study_name: str) -> int:
 
     study = optuna.load_study(study_name=study_name, storage=_current_storage() if _STORAGE.get("url") == storage_url
                               else storage_url)
-    return sum(t.state in ENDED for t in study.get_trials(deepcopy=False))
+    return sum(counts_as_configuration(t) for t in study.get_trials(deepcopy=False))
 
 
 def trial_dirname(trial: Any) -> str:
