@@ -191,11 +191,12 @@ def _exit_status(outcome: Any) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from bnsweep.base.atomic import atomic_write_text
     from bnsweep.spec.schema import spec_schema_json
 
     text = spec_schema_json()
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        atomic_write_text(Path(args.out), text)  # whole or absent, like every file bnsweep writes
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(text)

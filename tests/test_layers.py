@@ -129,3 +129,32 @@ def test_importing_the_spec_layer_loads_no_ml_or_cluster_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_readme_layout_lists_every_module_of_the_tree_and_nothing_else():
+    """README's Layout block names each package folder and module, indented under its folder (a listed
+    folder stands for its ``__init__.py``); a module added, moved or deleted without the README fails here."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    listed: set[str] = set()
+    stack: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if not (name.endswith("/") or name.endswith(".py")):
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = "/".join([p for _, p in stack] + [name.rstrip("/")])
+        if name.endswith("/"):
+            stack.append((indent, name.rstrip("/")))
+        listed.add(path)
+    listed_modules = {p for p in listed if p.endswith(".py")}
+    listed_modules |= {f"{p}/__init__.py" for p in listed
+                       if not p.endswith(".py") and (ROOT / p / "__init__.py").exists()}
+    actual = {str(p.relative_to(ROOT)) for top in ("bnsweep", "analysis") for p in (ROOT / top).rglob("*.py")}
+    assert listed_modules == actual, (sorted(actual - listed_modules), sorted(listed_modules - actual))
+    folders = {str(p.relative_to(ROOT)) for p in (ROOT / "bnsweep").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders <= listed, sorted(folders - listed)
+    for top in ("sweeps", "tests", "bench", "scripts", "docs"):
+        assert top in listed and (ROOT / top).is_dir(), top

@@ -920,7 +920,8 @@ def test_lock_error_messages(tmp_path):
 # ---------------------------------------------------------------- scale
 
 # "A few hundred tiny trials" (issue 7): 200 one-step trials, ~1 s of CPU each (Keras builds and traces the
-# network per trial) plus Ray's per-trial work: ~1.3 s each, ~4.5 min on the 2-core machines. BNSWEEP_SCALE_TRIALS overrides.
+# network per trial) plus Ray's per-trial work: ~1.3 s each, ~4.5 min on the 2-core machines.
+# BNSWEEP_SCALE_TRIALS overrides.
 SCALE_TRIALS = int(os.environ.get("BNSWEEP_SCALE_TRIALS", "200"))
 
 

@@ -32,6 +32,13 @@ def test_the_schema_verb_prints_it_or_writes_it(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bnsweep", "schema", "--out", str(target)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and json.loads(target.read_text()) == spec_schema()
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # written whole: no temporary file left
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    bad = subprocess.run([sys.executable, "-m", "bnsweep", "schema", "--out", str(folder)], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "a-folder" in bad.stderr, bad.stderr
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["a-folder", "s.json"]
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(ROOT / "sweeps")) for p in SPECS])

@@ -1,8 +1,9 @@
 """The fully resolved configuration of one trial: typed (pydantic, strict), frozen, validated, hashable.
 
 A trial config is what Ray Tune hands a worker (as a plain nested ``dict``) and what the results table records.
-``TrialConfig.from_dict(d).to_dict()`` round-trips, and ``config_hash`` names the run directory of a
-configuration (open_lth style), so the recorded config is the config that trained. Every field's help text is
+``TrialConfig.from_dict(d).to_dict()`` round-trips, and ``config_hash`` identifies a configuration (open_lth
+style: every record and checkpoint carries it, and a checkpoint of another configuration is refused), so the
+recorded config is the config that trained. Every field's help text is
 its ``Field(description=...)``: the results-table column docs and ``bnsweep plan --help`` read it from there.
 
 >>> cfg = TrialConfig.from_dict({"regime": "bn", "model": {"depth": 8}, "epochs": 2, "optimizer.momentum": 0})
