@@ -199,7 +199,7 @@ def test_labels_beyond_num_classes_and_bad_data_of_a_data_search_are_refused_bef
     for verb in ("launch", "plan"):
         extra = ("--run-dir", str(run), *RAY) if verb == "launch" else ("--no-probe",)
         refused(cli(verb, qs, "--data", str(CIFAR), "--set", "model.num_classes=5", *extra),
-                "model.num_classes: 5", str(CIFAR), "labels 0..9", "at least 10")
+                "model.num_classes: 5", f"/{CIFAR.name} has", "labels 0..9", "at least 10")  # (its resolved path)
     spec = tmp_path / "ds.yaml"
     spec.write_text(SEARCHED_DATA)
     f32 = tmp_path / "f32.npz"
