@@ -19,7 +19,7 @@ NO_EXAMPLE = {
     "bnsweep.analysis.plots", "bnsweep.analysis.provenance",
     "bnsweep.base.interrupts", "bnsweep.cli", "bnsweep.engine.fused_replicates", "bnsweep.engine.optimizers",
     "bnsweep.store.table", "bnsweep.store.tracking", "bnsweep.sweep.driver", "bnsweep.sweep.monitor",
-    "bnsweep.sweep.options", "bnsweep.sweep.raystart", "bnsweep.sweep.recovery", "bnsweep.sweep.searcher",
+    "bnsweep.sweep.options", "bnsweep.sweep.raystart", "bnsweep.sweep.recovery",
     "bnsweep.sweep.trainable",
 }
 
