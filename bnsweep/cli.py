@@ -12,7 +12,8 @@ Exit status of ``launch`` and ``resume``: 0 the sweep finished and every configu
 was pruned or diverged; 3 it finished, but some work failed (a trial's code raised after its retries,
 or Ray gave up on it) or was lost (a replicate of which neither a record nor a checkpoint could be
 found): ``bnsweep status RUN_DIR`` lists them; 3 too when a fault of the machine (disk full, I/O error)
-stopped it half way (resume once fixed); 2 bad input (a run directory with too little free space
+stopped it half way (resume once fixed), and when Ray Tune's loop ended with configurations not ended
+and no Ctrl-C (resume carries on); 2 bad input (a run directory with too little free space
 included); 130 Ctrl-C; 143 SIGTERM (resume then). ``resume`` of a sweep that already completed: 0.
 
 >>> main(["plan", "no/such/spec.yaml"])  # doctest: +SKIP
@@ -185,8 +186,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _exit_status(outcome: Any) -> int:
-    if not outcome.finished:
-        return EXIT_INTERRUPTED
+    if not outcome.finished:  # stopped by Ctrl-C / SIGTERM, else Ray Tune's loop ended with work left: 3
+        return EXIT_INTERRUPTED if outcome.interrupted else EXIT_INCOMPLETE
     return 0 if outcome.complete else EXIT_INCOMPLETE
 
 

@@ -204,6 +204,36 @@ def test_sigterm_stops_at_once_like_a_second_ctrl_c_and_is_told_apart():
         assert not interrupts.terminated()  # each block starts afresh
 
 
+def test_a_sweep_that_stopped_unfinished_exits_130_only_after_a_ctrl_c_else_3_saying_why(tmp_path, capsys):
+    """``received()``: any Ctrl-C or SIGTERM inside the block, ours or one Ray Tune's handler took
+    (``note_received``, from ``ray_compat.tune_took_sigint``); the CLI's status and the closing line follow it."""
+    from bnsweep.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, _exit_status
+    from bnsweep.sweep.options import Outcome
+
+    with interrupts.catching():
+        assert not interrupts.received()
+        interrupts.note_received()
+        assert interrupts.received()
+    with interrupts.catching():
+        assert not interrupts.received()  # each block starts afresh
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert interrupts.received()
+    counts = {"completed": 1, "pruned": 0, "diverged": 0, "failed": 0, "lost": 0, "running": 0, "total": 3}
+    for interrupted, status, said in ((True, EXIT_INTERRUPTED, None),
+                                      (False, EXIT_INCOMPLETE, "2 configuration(s) not ended, without an interrupt")):
+        outcome = Outcome(run_dir=tmp_path, finished=False, counts=counts, best=None, interrupted=interrupted)
+        assert _exit_status(outcome) == status
+        monitor = SweepMonitor(run_dir=tmp_path, total=3, replicates=1, metric="val_accuracy", mode="max",
+                               quiet=False, seed_base=0, plain=True)
+        monitor.close(outcome)
+        out = capsys.readouterr().out
+        assert "stopped:" in out and "continue with: bnsweep resume" in out, out
+        assert (said in out) if said else ("not ended" not in out), out
+    finished = Outcome(run_dir=tmp_path, finished=True, counts={**counts, "completed": 3}, best=None)
+    assert _exit_status(finished) == 0
+
+
 @pytest.mark.parametrize("where, module", [("while the CLI module imports", "argparse"),
                                            ("while a verb's modules import", "yaml")])
 def test_a_ctrl_c_during_imports_exits_130_without_a_traceback(tmp_path, where, module):

@@ -54,6 +54,47 @@ def test_tune_controller_snapshot_staging_and_restored_callbacks(ray_local, tmp_
     assert restored._local_tuner.get_run_config().callbacks == [new], "Tuner.restore's callbacks seam broke"
 
 
+def test_a_ctrl_c_taken_by_ray_tune_s_own_handler_is_told_apart_from_a_loop_that_ended_by_itself(ray_local, tmp_path):
+    """``tune_took_sigint``: Tune's handler (``_setup_signal_catching``) puts back the one it found on a Ctrl-C
+    and never otherwise. A run given a Ctrl-C at its first step ends with trials left (4 samples, 1 CPU);
+    a run left alone ends with all of them."""
+    import signal
+
+    from ray import tune
+
+    def _trainable(config):
+        import time
+
+        from ray import tune
+
+        time.sleep(0.5)
+        tune.report({"score": 1.0})
+
+    class CtrlC(tune.Callback):
+        def on_step_begin(self, iteration, trials, **info):
+            if not seen.get("sent"):
+                seen["sent"] = True
+                signal.raise_signal(signal.SIGINT)  # Tune's handler: ends the loop gracefully, no exception
+
+    ours, usr1 = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
+    results = {}
+    try:
+        for name, callbacks in (("ctrl_c", [CtrlC()]), ("left_alone", [])):
+            seen: dict = {}
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            before = ray_compat.sigint_handler()
+            grid = tune.Tuner(_trainable, param_space={"x": tune.grid_search([1, 2, 3, 4])},
+                              run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), callbacks=callbacks,
+                                                        verbose=0)).fit()
+            results[name] = (ray_compat.tune_took_sigint(before), sum(r.metrics.get("score") == 1.0 for r in grid))
+    finally:
+        signal.signal(signal.SIGINT, ours)
+        signal.signal(signal.SIGUSR1, usr1)
+    assert results["left_alone"] == (False, 4), f"a run without a Ctrl-C read as interrupted: {results}"
+    took, done = results["ctrl_c"]
+    assert took and done < 4, f"Ray Tune's SIGINT seam (tune_took_sigint) broke: {results}"
+
+
 def test_a_hung_trial_is_failed_with_a_reason_its_actor_killed_and_retried_from_its_checkpoint(ray_local, tmp_path):
     """``fail_hung_trial`` (TuneController._process_trial_failure + ray.kill): with one CPU, the retry can only
     start once the hung actor's CPU is freed; it restores the checkpoint; the reason is in the error file."""

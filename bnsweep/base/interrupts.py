@@ -47,6 +47,7 @@ _holding = False  # inside `deferred`: the first SIGINT is held, not raised
 _held = False  # a SIGINT arrived while holding
 _held_note = ""
 _terminated = False  # the stop came as SIGTERM
+_received = False  # a SIGINT or SIGTERM reached this process inside the current `catching()` block (any handler)
 
 
 def _in_main_thread() -> bool:
@@ -54,8 +55,8 @@ def _in_main_thread() -> bool:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    global _pending, _held
-    _pending = True
+    global _pending, _held, _received
+    _pending, _received = True, True
     if _holding and not _held:
         _held = True
         with contextlib.suppress(OSError):  # (os.write: print could re-enter a write to stderr under way)
@@ -65,14 +66,28 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 def _term_handler(signum: int, frame: FrameType | None) -> None:
-    global _terminated
-    _terminated = True
+    global _terminated, _received
+    _terminated, _received = True, True
     _handler(signum, frame)  # held inside `deferred`, raised (KeyboardInterrupt) everywhere else
 
 
 def terminated() -> bool:
     """The last ``catching()`` block was stopped by SIGTERM."""
     return _terminated
+
+
+def received() -> bool:
+    """A Ctrl-C (or SIGTERM) reached this process inside the last ``catching()`` block, whichever handler took
+    it (ours, or Ray Tune's: ``note_received()``): a sweep that stopped without one stopped for another
+    reason."""
+    return _received
+
+
+def note_received() -> None:
+    """Another handler took a Ctrl-C inside the ``catching()`` block (Ray Tune's, during ``tuner.fit``:
+    ``ray_compat.tune_took_sigint``); ``received()`` says so from now on."""
+    global _received
+    _received = True
 
 
 def reassert() -> None:
@@ -86,7 +101,7 @@ def reassert() -> None:
 def catching() -> Iterator[None]:
     """Install the remembering SIGINT (and SIGTERM) handler for the block (main thread only; elsewhere a
     no-op)."""
-    global _installed, _pending, _terminated
+    global _installed, _pending, _terminated, _received
     if not _in_main_thread() or _installed:
         yield
         return
@@ -100,7 +115,7 @@ def catching() -> Iterator[None]:
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _term_handler)
     sys.unraisablehook = quiet_about_dropped_ctrl_c
-    _installed, _pending, _terminated = True, False, False
+    _installed, _pending, _terminated, _received = True, False, False, False
     try:
         yield
     finally:

@@ -668,7 +668,10 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
                         failure_config=tune.FailureConfig(max_failures=ENVIRONMENT_RETRIES)),
                 )
             interrupts.raise_if_pending()
+            handler_before_fit = ray_compat.sigint_handler()
             tuner.fit()  # (inside, SweepMonitor hands a swallowed Ctrl-C to Ray Tune's handler)
+            if ray_compat.tune_took_sigint(handler_before_fit):
+                interrupts.note_received()  # (the loop ended on a Ctrl-C: exit 130; without one, 3)
             pause_for_tests("sweep-end")
         finally:
             monitor.stop_display()  # (a second Ctrl-C, an error) the terminal restored before anything prints
@@ -692,7 +695,7 @@ def _run(rd: RunDir, spec: Any, *, options: LaunchOptions, restore: bool, data: 
         _log_summary(rd, spec)
     counts = _counts(table, total=n) if table is not None else monitor.counts()
     outcome = Outcome(run_dir=rd.uri if rd.is_remote else rd.local, finished=finished, counts=counts,
-                      best=_final_best(table, spec, monitor))
+                      best=_final_best(table, spec, monitor), interrupted=not finished and interrupts.received())
     monitor.close(outcome)
     return outcome
 

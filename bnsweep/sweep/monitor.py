@@ -544,9 +544,7 @@ class SweepMonitor(Callback):
         event = "stopped" if not outcome.finished else "finished" if outcome.complete else "incomplete"
         self._emit(event, counts=outcome.counts, best=outcome.best, elapsed_s=round(time.time() - self.started),
                    resume=None if outcome.finished else f"bnsweep resume {self.rd.uri}",
-                   problem=None if outcome.complete or not outcome.finished else
-                   f"{outcome.counts.get('failed', 0)} configuration(s) failed, {outcome.counts.get('lost', 0)} lost "
-                   f"(see `bnsweep status {self.rd.uri}`)",
+                   problem=_problem(outcome, self.rd.uri),
                    snapshots={"count": len(self.snapshot_seconds), "seconds": round(sum(self.snapshot_seconds), 3)},
                    storage_s={k: round(v, 3) for k, v in self.storage_seconds.items()})
 
@@ -648,3 +646,19 @@ def _short(config: dict[str, Any]) -> str:
     """The searched part of a trial config, for one line of output."""
     keys = [k for k in config if k != "resolved"]
     return ", ".join(f"{k}={config[k]}" for k in keys)[:160]
+
+
+def _problem(outcome: Any, uri: str) -> str | None:
+    """What the closing event says went wrong: failed or lost work, or a sweep that stopped unfinished
+    without an interrupt (Ray Tune's loop ended early: the CLI exits 3, not 130)."""
+    if not outcome.finished:
+        if outcome.interrupted:
+            return None
+        left = outcome.counts.get("total", 0) - sum(outcome.counts.get(k, 0) for k in
+                                                    ("completed", "pruned", "diverged", "failed", "lost"))
+        return (f"Ray Tune ended the sweep with {left} configuration(s) not ended, without an interrupt "
+                f"(see `bnsweep status {uri}`)")
+    if outcome.complete:
+        return None
+    return (f"{outcome.counts.get('failed', 0)} configuration(s) failed, {outcome.counts.get('lost', 0)} lost "
+            f"(see `bnsweep status {uri}`)")

@@ -29,6 +29,7 @@ class Outcome:
     finished: bool  # every configuration ended (completed, pruned, diverged, failed or lost)
     counts: dict[str, int]
     best: dict[str, Any] | None
+    interrupted: bool = False  # not finished because a Ctrl-C or SIGTERM stopped it (else Ray Tune gave up early)
 
     @property
     def complete(self) -> bool:

@@ -19,7 +19,10 @@ True
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
+import threading
 from typing import Any
 
 ENV_VARS_TO_STRIP_PREFIX = "AWS_"
@@ -44,6 +47,27 @@ def tune_controller_from_stack(depth: int = 12) -> Any:
             return obj
         f = f.f_back
     return None
+
+
+def sigint_handler() -> Any:
+    """The SIGINT handler installed now (pass it to ``tune_took_sigint`` after ``tuner.fit``)."""
+    return signal.getsignal(signal.SIGINT)
+
+
+def tune_took_sigint(before: Any) -> bool:
+    """Whether Ray Tune's loop ended because *its* SIGINT handler took a Ctrl-C (``before``: the handler
+    installed just before ``tuner.fit``, ``sigint_handler()``).
+
+    Why: Tune tells no caller. ``ray.tune.tune._setup_signal_catching`` installs Tune's handler at the start
+    of a run (main thread, unless ``TUNE_DISABLE_SIGINT_HANDLER``); on a Ctrl-C it sets an event that ends
+    the loop and puts back the handler it found; it never puts it back otherwise. So ``before`` installed
+    again after the run means Tune took a Ctrl-C. (A sweep whose loop ended with work left and no Ctrl-C
+    is not "interrupted": the CLI exits 3 then, not 130.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0").strip() not in ("", "0"):
+        return False  # Tune installed none: our own handler took any Ctrl-C and said so
+    return signal.getsignal(signal.SIGINT) is before
 
 
 def snapshot_experiment(controller: Any) -> None:
