@@ -1,5 +1,6 @@
 """Every sweep in sweeps/ (not sweeps/base/) launched for one step on 300 real CIFAR images: every configuration
-of a small grid (the first few points of a large one), a few samples of a search; every trial must complete.
+of a grid (depth's 20, up to ResNet-110; notebook_recipe's 16; width's 12 …), a few samples of a search; every
+trial must complete.
 
 The spec's own science stays: its regime, schedule, optimizer, network family and batch size are not touched.
 What is changed, for the CPU test machine: the data (``--data`` the real subset, ``data.train_size=300`` or the
@@ -12,6 +13,7 @@ One Ray (2 CPUs) is shared by every launch; each launch is the driver's own ``la
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-subset-train.npz"
 SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
-TRIALS_CAP = 3  # a grid larger than this runs its first points; a search this many samples
+SEARCH_SAMPLES = int(os.environ.get("EVERY_SPEC_SAMPLES", "3"))  # of a search (a grid runs every point)
 TIMES: dict[str, float] = {}
 
 pytestmark = [pytest.mark.slow,
@@ -65,8 +67,8 @@ def tiny(path: Path):
         spec = spec.replace(scheduler=spec.scheduler.model_copy(update={"grace_period": 1}))
     spec = spec.replace(fixed={**spec.fixed, **epochs})
     changes: dict[str, object] = {"replicates": 1, "tracking": {"wandb": False}}
-    if count_configurations(spec) > TRIALS_CAP:
-        changes["trials"] = TRIALS_CAP
+    if spec.method != "grid" and count_configurations(spec) > SEARCH_SAMPLES:
+        changes["trials"] = SEARCH_SAMPLES
     if spec.resources.tpu or (spec.resources.cpu or 0) > 1:
         changes["resources"] = {"cpu": 1, "gpu": 0}
     return spec.replace(**changes)
@@ -76,10 +78,12 @@ def tiny(path: Path):
 def test_every_spec_runs_every_trial_to_completion(path, ray_shared, tmp_path):
     from bnsweep.store.table import load_results
     from bnsweep.sweep.driver import LaunchOptions, launch
-    from bnsweep.sweep.space import count_configurations
+    from bnsweep.sweep.space import count_configurations, grid_size
 
     spec = tiny(path)
     n = count_configurations(spec)
+    if spec.method == "grid":
+        assert n == grid_size(spec.parameters), f"{path.name}: the test would run {n} of its grid's points"
     t0 = time.perf_counter()
     out = launch(spec, options=LaunchOptions(run_dir=tmp_path / spec.name, quiet=True, dashboard=False))
     TIMES[path.stem] = time.perf_counter() - t0
@@ -88,3 +92,4 @@ def test_every_spec_runs_every_trial_to_completion(path, ray_shared, tmp_path):
     assert out.finished and out.complete, (out.counts, rows)
     assert out.counts["completed"] == n and len(table) == n, (out.counts, rows)
     assert set(table["status"]) == {"completed"} and table["test_accuracy"].notna().all(), rows
+    assert table["config_hash"].nunique() == n, f"{n} configurations ran as {table['config_hash'].nunique()}"
