@@ -307,22 +307,8 @@ def _finish_bookkeeping(rd: RunDir, spec: Any, options: LaunchOptions) -> None:
         rd.push(rd.table_files())
     url = _storage_url(rd, options, spec)
     with contextlib.suppress(Exception):
-        if _running_optuna_trials(url):
-            fail_stale_optuna_trials(url)
+        if fail_stale_optuna_trials(url):  # (none RUNNING: nothing written, the study left as it is)
             publish_optuna_db(rd, url)
-
-
-def _running_optuna_trials(url: str) -> int:
-    import optuna
-
-    from bnsweep.sweep.searcher import optuna_storage_kwargs
-
-    storage = optuna.storages.RDBStorage(url, **optuna_storage_kwargs(url))
-    n = 0
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        n += len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-    return n
 
 
 def best_of_table(table: Any, *, metric: str, mode: str) -> dict[str, Any] | None:
