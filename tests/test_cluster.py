@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from cluster import Cluster, require_namespaces, run_scenario
 
+from bnsweep.store.table import TEXT_DTYPES
+
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ROOT.parent / "shared" / "data" / "cifar10-subset-train.npz"
 
@@ -64,7 +66,7 @@ def _s3_table(c: Cluster, prefix: str) -> list[dict]:
     fs = c.pyarrow_s3()
     try:
         with fs.open_input_stream(f"{prefix}/results.csv") as f:
-            df = pd.read_csv(f)
+            df = pd.read_csv(f, dtype=TEXT_DTYPES)
     except FileNotFoundError:
         return []
     return json.loads(df[["trial_id", "seed", "status", "reason", "epochs_run", "test_accuracy"]]
@@ -115,8 +117,8 @@ def sweeps_on_a_cluster(ctx, subset: str | None) -> dict:
         if (local / "results.csv").exists():
             import pandas as pd
 
-            table = json.loads(pd.read_csv(local / "results.csv")[["trial_id", "seed", "status", "reason",
-                                                                     "test_accuracy"]].to_json(orient="records"))
+            df = pd.read_csv(local / "results.csv", dtype=TEXT_DTYPES)
+            table = json.loads(df[["trial_id", "seed", "status", "reason", "test_accuracy"]].to_json(orient="records"))
         out["c"] = {"rc": run.rc, "seconds": round(time.monotonic() - t0, 1), "table": table,
                     "tail": run.output[-3000:], "events": _events(run.output)[-2:],
                     "worker_sees": c.on_worker(1, ["ls", "-A", str(c.run_parent)]).output.strip()}

@@ -22,6 +22,7 @@ from test_reliability import Driver
 from bnsweep.engine.data import data_fingerprint, load_data
 from bnsweep.spec.config import DataConfig
 from bnsweep.spec.sweep_spec import load_spec
+from bnsweep.store.table import TEXT_DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ROOT.parent / "shared" / "data" / "cifar10-subset-train.npz"
@@ -80,7 +81,8 @@ def test_rows_carry_the_data_hash_and_resume_refuses_other_data(tmp_path):
         d = Driver(args, logs=tmp_path, name="launch", ray_tmp=ray_tmp, env={"BNSWEEP_TEST_FAULTS": str(faults)})
         d.wait_for(lambda: any(run_dir.glob("trials/*/seed-0/result.json")), timeout=300, what="the first record")
         d.kill()  # a crash mid-sweep: one trial recorded, one unfinished
-        assert not (run_dir / "results.csv").exists() or len(pd.read_csv(run_dir / "results.csv")) <= 2
+        table = run_dir / "results.csv"
+        assert not table.exists() or len(pd.read_csv(table, dtype=TEXT_DTYPES)) <= 2
         saved = yaml.safe_load((run_dir / "spec.yaml").read_text())
         assert saved["fixed"]["data"]["path"] == str(data_file)  # absolute in the run directory
         started = json.loads((run_dir / "sweep.json").read_text())["data_sha256"]
@@ -108,6 +110,6 @@ def test_rows_carry_the_data_hash_and_resume_refuses_other_data(tmp_path):
         print(f"\nresume with the same data: {time.monotonic() - t0:.1f} s")
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    table = pd.read_csv(run_dir / "results.csv")
+    table = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(table) == 2 and set(table["status"]) == {"completed"}, table[["trial_id", "status", "reason"]]
     assert set(table["data_sha256"]) == {started}  # every row: the data that trained it

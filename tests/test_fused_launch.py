@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from bnsweep.spec.sweep_spec import load_spec
+from bnsweep.store.table import TEXT_DTYPES
 from bnsweep.sweep.driver import LaunchOptions, launch
 
 FAULTS_FILE = Path(tempfile.gettempdir()) / f"bnsweep-fused-faults-{os.getpid()}.json"
@@ -70,7 +71,7 @@ def _launch(tmp_path: Path, layout: str, *, retries: int = 0, faults: list | Non
 
 
 def _records(run_dir: Path) -> dict[int, dict]:
-    table = pd.read_csv(run_dir / "results.csv")
+    table = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(table) == 2 and set(table["status"]) == {"completed"}, table[["seed", "status", "reason"]]
     out = {}
     for p in sorted(run_dir.glob("trials/*/seed-*/result.json")):
@@ -103,7 +104,8 @@ def test_fused_and_separate_launches_record_the_same_replicates(ray_local, tmp_p
     _same(separate, fused)
     # one trial process trained both seeds in each layout; the fused one says which layout it used
     assert len({e["pid"] for e in fused_epochs}) == 1 and len(fused_epochs) == 6
-    assert set(pd.read_csv(fused_dir / "results.csv")["replicates_layout"]) == {"fused"}  # as asked for
+    layouts = pd.read_csv(fused_dir / "results.csv", dtype=TEXT_DTYPES)["replicates_layout"]
+    assert set(layouts) == {"fused"}  # as asked for
     trained = {json.loads(p.read_text())["trained_as"] for p in fused_dir.glob("trials/*/seed-*/result.json")}
     assert trained == {"fused-separate"}  # and as trained (a CPU: the separate fused layout)
     assert {json.loads(p.read_text())["trained_as"] for p in sep_dir.glob("trials/*/seed-*/result.json")} == \

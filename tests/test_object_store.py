@@ -29,6 +29,8 @@ import pandas as pd
 import pytest
 from test_reliability import _descendants  # the /proc process tree, one copy
 
+from bnsweep.store.table import TEXT_DTYPES
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -217,7 +219,7 @@ def test_sweep_on_s3_survives_kill_9_and_resumes_from_a_fresh_machine(s3, tmp_pa
     assert all(t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("bnsweep_interrupted")
                for t in others), [(t.state, t.user_attrs) for t in others]
     with _fs(s3).open_input_stream(f"{prefix}/results.csv") as f:
-        df = pd.read_csv(f)
+        df = pd.read_csv(f, dtype=TEXT_DTYPES)
     assert len(df) == 8 and set(df["status"]) == {"completed"} and df["test_accuracy"].notna().all()
     assert df["lr"].round(12).nunique() == 4
 

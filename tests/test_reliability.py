@@ -42,6 +42,7 @@ import pytest
 
 from bnsweep.spec.sweep_spec import load_spec
 from bnsweep.store.rundir import RunDirError, RunLock
+from bnsweep.store.table import TEXT_DTYPES
 from bnsweep.sweep.driver import LaunchOptions, launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,7 +340,7 @@ def test_kill_campaign_resume_after_every_kind_of_death(tmp_path):
     remember()
     assert len(kills) == 5
     # every trial present exactly once, each with all its replicates, nothing orphaned or run twice
-    df = pd.read_csv(run_dir / "results.csv")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(df) == trials * replicates, df[["trial_id", "seed", "status"]]
     assert set(df["status"]) == {"completed"}
     assert not df.duplicated(["trial_id", "seed"]).any()
@@ -459,7 +460,7 @@ def test_ctrl_c_at_any_moment_of_start_up_and_sigterm_stop_cleanly(tmp_path):
         assert d.finish() == 0, d.tail()
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    df = pd.read_csv(run_dir / "results.csv")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(df) == 10 and set(df["status"]) == {"completed"}, df[["trial_id", "seed", "status"]]
     assert not df.duplicated(["trial_id", "seed"]).any()
     assert all(_records(run_dir)[k] == v for k, v in seen.items()), "a finished record changed on resume"
@@ -524,7 +525,7 @@ parameters:
         t.join(5)
     assert killed, "the worker was never killed"
     assert out.finished
-    df = pd.read_csv(run_dir / "results.csv").set_index("lr")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES).set_index("lr")
     assert len(df) == 5
     assert df.loc[0.1, "status"] == "completed" and df.loc[0.1, "epochs_run"] == 3
     # killed mid-trial -> retried from its checkpoint: epoch 2 again in a new process, epoch 1 never again
@@ -600,7 +601,7 @@ parameters:
     assert len(killed) == ENVIRONMENT_RETRIES + 1, killed
     epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines() if json.loads(line)["seed"] == 0]
     assert epochs.count(1) == 1, epochs  # every retry resumed from the epoch-1 checkpoint
-    df = pd.read_csv(run_dir / "results.csv")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(df) == 2 and set(df["status"]) == {"failed"}
     assert df["reason"].str.contains("died|killed|SIGKILL", case=False, regex=True).all(), list(df["reason"])
     assert (df["epochs_run"] == 1).all()  # the epoch it had checkpointed is in the record
@@ -968,9 +969,9 @@ parameters:
         t.join(5)
     seconds = time.perf_counter() - t0
     assert out.finished and out.counts["completed"] == n
-    df = pd.read_csv(run_dir / "results.csv")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(df) == n and df["trial_id"].is_unique and set(df["status"]) == {"completed"}
-    assert len(pd.read_csv(run_dir / "history.csv")) == n
+    assert len(pd.read_csv(run_dir / "history.csv", dtype=TEXT_DTYPES)) == n
     assert len(_study(run_dir)) == n
     # driver memory: after the first fifth of the trials (imports, Ray, caches warmed up), it grows by less
     # than 1 MB per 10 trials (the per-trial bookkeeping Ray Tune keeps), not with every trial's data

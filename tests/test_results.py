@@ -185,6 +185,21 @@ def test_written_tables_round_trip(tiny_run_dir):
         assert [str(t) for t in raw.dtypes] == [str(t) for t in df.dtypes]
 
 
+def test_a_trial_id_made_of_digits_reads_back_from_csv_as_written(run_copy):
+    """Ray's trial ids are 8 hex digits; about 1 in 160 has no letter ("65889554", "00123456"), and a
+    sweep whose every id is so must not come back with numbers (or "123456")."""
+    trials = run_copy / "trials"
+    ids = [f"{123456 + i:08d}" for i in range(len(list(trials.iterdir())))]
+    for old, new in zip(sorted(p.name for p in trials.iterdir()), ids, strict=True):
+        (trials / old).rename(trials / new)
+    written = write_results_table(run_copy)
+    assert set(written["trial_id"]) == set(ids)
+    for name in ("results", "history"):
+        back = read_table(run_copy / f"{name}.csv")
+        assert set(back["trial_id"]) == set(ids) and back["trial_id"].map(type).eq(str).all()
+        pd.testing.assert_frame_equal(back, read_table(run_copy / f"{name}.parquet"))
+
+
 def test_history(tiny_run_dir):
     h = load_history(tiny_run_dir.run_dir)
     df = load_results(tiny_run_dir.run_dir)

@@ -21,6 +21,7 @@ import pytest
 
 from bnsweep.cli import main
 from bnsweep.spec.sweep_spec import load_spec
+from bnsweep.store.table import TEXT_DTYPES
 from bnsweep.sweep.driver import LaunchOptions, launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ parameters:
     run_dir = tmp_path / "run"
     out = launch(spec, options=LaunchOptions(run_dir=run_dir, quiet=True))
     assert out.finished
-    df = pd.read_csv(run_dir / "results.csv")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(df) == 4 * 2  # one row per replicate
     assert set(df["status"]) <= {"completed", "pruned"}
     assert (df.groupby("trial_id")["seed"].apply(sorted).map(tuple) == (0, 1)).all()
@@ -141,7 +142,7 @@ parameters:
     run_dir = tmp_path / "run"
     out = launch(spec, options=LaunchOptions(run_dir=run_dir, quiet=True))
     assert out.finished
-    df = pd.read_csv(run_dir / "results.csv")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(df) == 4
     assert sorted(zip(df["lr"], df["data.path"].map(lambda p: Path(p).name), strict=True)) == sorted(
         [(0.1, "good.npz"), (0.1, "missing.npz"), (1e9, "good.npz"), (1e9, "missing.npz")])
@@ -163,7 +164,7 @@ def test_quickstart_spec_runs_on_the_real_subset_through_the_cli(ray_local, tmp_
     assert rc == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert events[0]["event"] == "launched" and events[-1]["event"] == "finished"
-    df = pd.read_csv(run_dir / "results.csv")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(df) == 4 and set(df["status"]) == {"completed"}
     # packing chosen for the machine (the spec sets neither max_concurrent nor resources.cpu): on 2 CPUs,
     # both configurations at once with one TensorFlow thread each, and the table says so
@@ -231,7 +232,7 @@ parameters:
     assert len(after) == 4
     for name, blob in before.items():  # finished trials kept byte for byte: never re-run
         assert after[name] == blob, name
-    df = pd.read_csv(run_dir / "results.csv")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(df) == 4 and df["trial_id"].is_unique and set(df["status"]) == {"completed"}
     states = [t.state for t in _studies(run_dir)]
     assert optuna.trial.TrialState.RUNNING not in states

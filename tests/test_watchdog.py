@@ -29,6 +29,7 @@ from test_reliability import _descendants  # the /proc process tree, one copy
 
 from bnsweep.spec.sections import Watchdog
 from bnsweep.spec.sweep_spec import SpecError, parse_spec_text
+from bnsweep.store.table import TEXT_DTYPES
 from bnsweep.sweep.watchdog import DRIVER_STALL_S, WATCHDOG_FILE, HungTrialWatchdog, _Clock, epoch_limit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,7 +261,7 @@ def test_a_launch_with_a_hung_trial_is_ended_by_the_watchdog_and_resumes_from_it
     assert proc.returncode == 0, tail
     assert marker.exists(), "the fault never hung the trial"
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    df = pd.read_csv(run_dir / "results.csv")
+    df = pd.read_csv(run_dir / "results.csv", dtype=TEXT_DTYPES)
     assert len(df) == 2 and set(df["status"]) == {"completed"} and (df["epochs_run"] == 3).all(), df.to_string()
     assert df["trial_id"].nunique() == 1 and sorted(df["seed"]) == [0, 1]
     hung = df["trial_id"].iloc[0]

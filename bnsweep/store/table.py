@@ -375,13 +375,25 @@ def _history_frame(reps: list[_Replicate], run_dir: Path) -> pd.DataFrame:
     return df.sort_values(["trial_id", "seed", "epoch"], kind="stable", ignore_index=True)
 
 
+TEXT_DTYPES: dict[str, type] = {c: str for cols in (COLUMNS, HISTORY_COLUMNS)
+                                for c, (dtype, _) in cols.items() if dtype == "str"}
+"""``pd.read_csv(path, dtype=TEXT_DTYPES)``: the text columns of a written table read back as text,
+so that a trial id or hash made only of digits (``00123456``, ``1e5``) is not turned into a number."""
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """A written ``results``/``history`` table (Parquet or CSV) with the documented dtypes."""
     path = Path(path)
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False,
-                                                                          na_values=[""])
-    cols = HISTORY_COLUMNS if "epoch" in df.columns and "params_total" not in df.columns else COLUMNS
-    return _typed(df, cols)
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+    else:  # text columns read as text: a trial id or hash of digits only ("00123456", "1e5") stays as written
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=TEXT_DTYPES)
+    return _typed(df, _documented_for(list(df.columns)))
+
+
+def _documented_for(columns: list[str]) -> Mapping[str, tuple[str, str]]:
+    """The documented columns of a ``history`` table (it has ``epoch``) or a ``results`` table."""
+    return HISTORY_COLUMNS if "epoch" in columns and "params_total" not in columns else COLUMNS
 
 
 def _clean_stale_tmp(run_dir: Path) -> None:

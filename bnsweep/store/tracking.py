@@ -530,9 +530,11 @@ def _starter() -> Any:
 def _read_table(path: Path) -> Any:
     import pandas as pd
 
+    from bnsweep.store.table import TEXT_DTYPES
+
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path)
+    return pd.read_csv(path, dtype=TEXT_DTYPES)  # a trial id of digits only stays text
 
 
 def log_sweep_summary(*, tracking: TrackingConfig, run_dir: Path, sweep: str, table_paths: list[Path],
